@@ -1,0 +1,1 @@
+"""devpi-tokens: scoped, revocable macaroon tokens for devpi."""
