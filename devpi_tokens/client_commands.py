@@ -1,0 +1,1 @@
+"""devpi-client subcommands (entry point devpi_client)."""

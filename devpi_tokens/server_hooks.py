@@ -1,0 +1,1 @@
+"""devpi-server hook implementations (entry point devpi_server)."""
