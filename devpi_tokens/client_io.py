@@ -51,12 +51,27 @@ def _read_token_file(token_file: str, stdin: TextIO) -> tuple[str, str]:
         raise ClientError(f"cannot read token file {path}: {exc.strerror or exc}") from None
 
 
+NO_TOKEN = "no token given: use -f FILE, -f - (stdin) or --token"
+
+
 def _prompt_token(prompt: str) -> str:
+    # getpass silently falls back to reading stdin with echo when there is no
+    # terminal; a token must come from -f - in that case, so refuse instead.
+    if not _have_terminal():
+        raise ClientError(NO_TOKEN)
     try:
         return getpass.getpass(prompt)
     except EOFError:
-        raise ClientError(
-            "no token given: use -f FILE, -f - (stdin) or --token") from None
+        raise ClientError(NO_TOKEN) from None
+
+
+def _have_terminal() -> bool:
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return sys.stdin.isatty()
+    os.close(fd)
+    return True
 
 
 def write_private_file(path: str | os.PathLike, text: str,

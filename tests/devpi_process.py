@@ -213,7 +213,9 @@ class DevpiClient:
         cmd = [bin_path("devpi"), *map(str, args), "--clientdir", str(self.clientdir)]
         proc = subprocess.run(
             cmd, input=input, capture_output=True, text=True, env=self.env,
-            cwd=cwd, timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+            cwd=cwd, timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL,
+            # no controlling terminal: a prompt must never wait for the developer
+            start_new_session=True)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"{cmd[1:]} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
