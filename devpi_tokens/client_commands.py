@@ -383,7 +383,10 @@ def _request(hub: Any, method: str, url: Any, body: dict | None, expect: str,
                 f"(is devpi-tokens installed on the server?)")
         return reply
     reason = _refusal(reply)
-    if reply.status_code in (404, 405) and not reply.json_get("message"):
+    message = reply.json_get("message") or ""
+    if reply.status_code in (404, 405) and (
+            not message or "resource could not be found" in message):
+        # pyramid's answer for an unknown route: the endpoint itself is missing
         reason += " (is devpi-tokens installed on the server?)"
     raise ClientError(f"{what}: server refused: {reason}")
 

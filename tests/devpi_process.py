@@ -229,3 +229,33 @@ class DevpiClient:
         assert proc.returncode != 0, (
             f"{args} unexpectedly succeeded\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         return proc
+
+
+def make_wheel(directory: Path, name: str, version: str = "1.0") -> Path:
+    """Write a minimal pure-Python wheel (no build tools, works offline)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dist = name.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    files = {
+        f"{dist}/__init__.py": f"__version__ = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                            f"Summary: test package {name}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: devpi-tokens-tests\n"
+                         "Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=")
+        record.append(f"{path},sha256={digest.decode()},{len(text.encode())}")
+    record.append(f"{info}/RECORD,,")
+    files[f"{info}/RECORD"] = "\n".join(record) + "\n"
+    wheel = directory / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return wheel
