@@ -1,0 +1,379 @@
+"""Authentication with a token, and enforcement of its restrictions.
+
+How a request with a token flows through devpi-server:
+
+1. :func:`find_token` picks the token out of the credentials devpi-server
+   extracted (basic auth or ``X-Devpi-Auth``; ``Bearer`` comes from our own
+   credentials hook).  Strings that don't look like a token are left alone,
+   so devpi's password check sees them untouched.
+2. :func:`authenticate` (called from the identity hook, once per request)
+   checks the token: record, key, signature, validity window and user.  It
+   returns a :class:`TokenIdentity` or raises :class:`TokenRefused` (401/403
+   with a reason).
+3. :func:`denials` (from ``devpiserver_auth_denials``) runs whenever devpi
+   builds an ACL: every permission the token's restrictions refuse for this
+   request is denied, and so is every ``user_*`` permission.
+4. :func:`token_tween_factory` verifies the token before any view runs, turns
+   a refusal into a response, and replaces devpi's generic 401/403 with the
+   token's reason when one of our denials caused it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from typing import Any
+import json
+import re
+import time
+
+from pyramid.authorization import Everyone
+from pyramid.response import Response
+
+from .restrictions import KNOWN_PERMISSIONS
+from .restrictions import Context
+from .restrictions import TokenError
+from .restrictions import check_all
+from .tokens import Token
+from .tokens import looks_like_token
+
+
+if TYPE_CHECKING:
+    from pyramid.request import Request
+
+    from .server_store import TokenStore
+
+
+STORE_KEY = "devpi_tokens.store"
+
+#: Usernames that mean "the token's own user" in basic auth.
+ANY_USER_NAMES = frozenset({"", "__token__"})
+
+#: Longest JSON body we parse to find a push's project and target index.
+MAX_PUSH_BODY = 1024 * 1024
+
+USER_PERMISSION_REASON = (
+    "a token cannot be used for '{permission}': tokens never change users, "
+    "passwords or tokens; log in with the password instead")
+
+_INDEX_POST_ROUTES = frozenset({"/{user}/{index}", "/{user}/{index}/"})
+_FILE_ROUTES = frozenset({"/{user}/{index}/+f/{relpath:.*}", "/{user}/{index}/+e/{relpath:.*}"})
+_FORM_TYPES = frozenset({"multipart/form-data", "application/x-www-form-urlencoded"})
+
+
+def _log():
+    from devpi_server.log import threadlog
+    return threadlog
+
+
+class TokenRefused(Exception):
+    """A request's token is not accepted; ``status`` is 401 or 403."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class TokenIdentity:
+    """devpi-server identity of a request authenticated by a token.
+
+    devpi needs ``username`` and ``groups``; the rest is for enforcement.
+    The identity lives as long as its request (devpi caches it per request).
+    """
+
+    def __init__(self, token: Token, now: int) -> None:
+        self.username = token.user
+        self.groups: list[str] = []
+        self.token_id = token.token_id
+        self.restrictions = token.restrictions
+        self.now = now
+        #: reason of the last permission check our denials refused
+        self.last_denial: str | None = None
+        self._target: tuple[str | None, tuple[str, ...]] | None = None
+
+    def __repr__(self) -> str:
+        # never the token itself
+        return f"<TokenIdentity {self.username}-{self.token_id}>"
+
+
+# ---------------------------------------------------------------------------
+# finding and authenticating the token
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if any."""
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    value = value.strip()
+    return value or None
+
+
+def find_token(credentials: Any) -> tuple[str, str] | None:
+    """``(claimed username, token)`` if the credentials carry a token.
+
+    Accepted: password = token (any username; checked later), or username =
+    token with an empty password.
+    """
+    if not isinstance(credentials, tuple) or len(credentials) != 2:
+        return None
+    username, password = credentials
+    if not isinstance(username, str) or not isinstance(password, str):
+        return None
+    if password and looks_like_token(password):
+        return username, password
+    if not password and username and looks_like_token(username):
+        return "", username
+    return None
+
+
+def get_store(request: Request) -> TokenStore:
+    return request.registry[STORE_KEY]
+
+
+def authenticate(request: Request, claimed_user: str, raw: str) -> TokenIdentity:
+    """Check a token once per request; raise :class:`TokenRefused` if bad."""
+    try:
+        return _authenticate(get_store(request), claimed_user, raw, int(time.time()))
+    except TokenRefused as refused:
+        _log().info("token refused: %s", refused.reason)
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the token holds, never a 500
+        # only the exception's type: its text might quote the token
+        _log().error("token check failed with %s", type(exc).__name__)
+        raise TokenRefused(401, "the token could not be verified") from None
+
+
+def _authenticate(store: TokenStore, claimed_user: str, raw: str, now: int) -> TokenIdentity:
+    try:
+        token = Token.load(raw)
+    except TokenError as exc:
+        raise TokenRefused(401, f"malformed token: {exc}") from None
+    user, token_id = token.user, token.token_id
+    record = None
+    if "/" not in user:
+        record = store.get_record(user, token_id)
+    if record is None:
+        raise TokenRefused(
+            401, f"token {token_id} of user '{user}' was deleted or never existed")
+    key = store.key_for(user, token_id, record)
+    if key is None or not token.verify_signature(key):
+        raise TokenRefused(
+            401, f"token {token_id} of user '{user}' has an invalid signature "
+            "(the token was altered, or the server secret changed)")
+    if claimed_user not in ANY_USER_NAMES and claimed_user != user:
+        raise TokenRefused(403, f"token belongs to user '{user}', not '{claimed_user}'")
+    # Restrictions that hold whatever the request does: validity window,
+    # user, PyPI project ids.  The rest waits for the permission checks.
+    result = check_all(token.restrictions, Context(user=user, now=now))
+    if not result:
+        raise TokenRefused(401, result.reason)
+    return TokenIdentity(token, now)
+
+
+# ---------------------------------------------------------------------------
+# what the request does
+
+def _strip(value: Any) -> str | None:
+    if isinstance(value, str):
+        value = value.strip("/")
+        return value or None
+    return None
+
+
+def _body_target(request: Request) -> tuple[str | None, str | None]:
+    """Project and target index named in an upload/register form or a push."""
+    if request.content_type in _FORM_TYPES:
+        name = request.POST.get("name")
+        return (name if isinstance(name, str) and name else None), None
+    length = request.content_length
+    if length is None or length > MAX_PUSH_BODY:
+        return None, None
+    try:
+        data = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    name, target = data.get("name"), data.get("targetindex")
+    return (
+        name if isinstance(name, str) and name else None,
+        target if isinstance(target, str) and target else None)
+
+
+def _file_project(request: Request) -> str | None:
+    # changing a file (tox result upload, deletion) acts on its project
+    xom = request.registry["xom"]
+    entry = xom.filestore.get_file_entry(request.path_info.strip("/"))
+    project = getattr(entry, "project", None) if entry is not None else None
+    return project if isinstance(project, str) else None
+
+
+def request_target(request: Request) -> tuple[str | None, tuple[str, ...]]:
+    """The project and the indexes (``user/index``) a request acts on."""
+    matchdict = request.matchdict or {}
+    user, index = _strip(matchdict.get("user")), _strip(matchdict.get("index"))
+    indexes = [f"{user}/{index}"] if user and index else []
+    project = _strip(matchdict.get("project"))
+    route = getattr(request.matched_route, "name", None)
+    method = request.method
+    if route in _INDEX_POST_ROUTES and method in ("POST", "PUSH"):
+        name, target = _body_target(request)
+        project = project or name
+        if target is not None:
+            indexes.append(target.strip("/"))
+    elif route in _FILE_ROUTES and method not in ("GET", "HEAD"):
+        project = project or _file_project(request)
+    return project, tuple(indexes)
+
+
+# ---------------------------------------------------------------------------
+# denials
+
+class _DeniedPermission(frozenset):
+    """The permission part of one Deny ACE that remembers why it denies.
+
+    Pyramid's ACL check asks ``permission in ace_permissions``; when that
+    hits, we note the reason on the identity, so the response can say which
+    restriction refused the request.
+    """
+
+    def __new__(cls, permission: str, reason: str, identity: TokenIdentity):
+        self = super().__new__(cls, (permission,))
+        self.reason = reason
+        self.identity = identity
+        return self
+
+    def __contains__(self, permission: object) -> bool:
+        hit = frozenset.__contains__(self, permission)
+        if hit:
+            self.identity.last_denial = self.reason
+        return hit
+
+    def __reduce__(self):  # plain frozenset when copied or pickled
+        return (frozenset, (tuple(self),))
+
+
+def _acl_permissions(acl: Iterable[Any]) -> set[str]:
+    permissions = set(KNOWN_PERMISSIONS)
+    for ace in acl:
+        try:
+            value = ace[2]
+        except (TypeError, IndexError, KeyError):
+            continue
+        if isinstance(value, str):
+            permissions.add(value)
+        elif isinstance(value, Iterable):
+            permissions.update(x for x in value if isinstance(x, str))
+    return permissions
+
+
+def denials(request: Request, acl: Iterable[Any], stage: Any) -> set[tuple[str, frozenset]] | None:
+    """Deny ACEs for every permission the request's token may not use."""
+    identity = getattr(request, "identity", None)
+    if not isinstance(identity, TokenIdentity):
+        return None
+    permissions = _acl_permissions(acl)
+    try:
+        reasons = _reasons(request, identity, permissions, stage)
+    except Exception as exc:  # noqa: BLE001 - fail closed, never a 500
+        _log().error("token restrictions could not be checked: %s", type(exc).__name__)
+        reasons = {p: "the token's restrictions could not be checked" for p in permissions}
+    return {
+        (Everyone, _DeniedPermission(permission, reason, identity))
+        for permission, reason in reasons.items()}
+
+
+def _reasons(
+    request: Request, identity: TokenIdentity, permissions: set[str], stage: Any,
+) -> dict[str, str]:
+    if identity._target is None:
+        identity._target = request_target(request)
+    project, indexes = identity._target
+    stage_name = getattr(stage, "name", None)
+    if isinstance(stage_name, str) and stage_name not in indexes:
+        # permission checked on another index than the URL's (push target)
+        indexes = (*indexes, stage_name)
+    reasons = {}
+    for permission in permissions:
+        if permission.startswith("user_"):
+            reasons[permission] = USER_PERMISSION_REASON.format(permission=permission)
+            continue
+        ctx = Context(
+            user=identity.username, now=identity.now, permission=permission,
+            indexes=indexes, project=project)
+        result = check_all(identity.restrictions, ctx)
+        if not result:
+            reasons[permission] = result.reason
+    return reasons
+
+
+# ---------------------------------------------------------------------------
+# responses
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def _status_phrase(reason: str) -> str:
+    # The reason goes into the HTTP status line, which devpi upload, twine
+    # and pip show; it must be one line of printable ASCII.
+    phrase = _UNPRINTABLE.sub("?", reason)
+    return phrase if len(phrase) <= 300 else phrase[:297] + "..."
+
+
+def refusal_response(request: Request, status: int, reason: str) -> Response:
+    """401/403 carrying ``reason`` in the status line and the body."""
+    if "application/json" in request.headers.get("Accept", ""):
+        body = json.dumps({"message": reason}, indent=2) + "\n"
+        content_type = "application/json"
+    else:
+        body = reason + "\n"
+        content_type = "text/plain"
+    response = Response(
+        body=body.encode("utf-8"), status=f"{status} {_status_phrase(reason)}",
+        content_type=content_type, charset="utf-8")
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="pypi"'
+    return response
+
+
+def _request_has_token(request: Request) -> bool:
+    hook = request.registry["xom"].config.hook
+    return find_token(hook.devpiserver_get_credentials(request=request)) is not None
+
+
+def token_tween_factory(handler, registry):
+    """Tween (inside the keyfs transaction): verify early, explain refusals."""
+
+    def token_tween(request: Request):
+        identity = None
+        try:
+            if _request_has_token(request):
+                # loads (and caches) the identity: the token is checked here,
+                # once, before any view runs
+                identity = request.identity
+            response = handler(request)
+        except TokenRefused as refused:
+            return refusal_response(request, refused.status, refused.reason)
+        if (
+            isinstance(identity, TokenIdentity)
+            and identity.last_denial is not None
+            and response.status_code in (401, 403)
+        ):
+            _log().info(
+                "token %s-%s denied: %s",
+                identity.username, identity.token_id, identity.last_denial)
+            return refusal_response(request, 403, identity.last_denial)
+        return response
+
+    return token_tween
+
+
+def credentials_from_bearer(request: Request) -> tuple[str, str] | None:
+    """Credentials for devpi from a Bearer header that holds a token."""
+    token = bearer_token(request)
+    if token is None or not looks_like_token(token):
+        return None
+    return "", token

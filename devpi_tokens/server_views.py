@@ -1,0 +1,300 @@
+"""HTTP endpoints: create, list and delete a user's tokens.
+
+``POST /<user>/+token-create``, ``GET /<user>/+tokens`` and
+``DELETE /<user>/+tokens/<id>``; answers in devpi's JSON style
+(``{"type": ..., "result": ...}``, errors as ``{"message": ...}``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from typing import Any
+import json
+import re
+import time
+
+from .restrictions import KNOWN_PERMISSIONS
+from .restrictions import USER_PERMISSIONS
+from .restrictions import Allowed
+from .restrictions import Indexes
+from .restrictions import MalformedCaveat
+from .restrictions import ProjectNames
+from .restrictions import Restriction
+from .restrictions import ValidityWindow
+from .restrictions import format_time
+from .restrictions import validated
+from .server_enforce import STORE_KEY
+from .server_enforce import TokenIdentity
+from .server_store import secret_warning
+
+
+if TYPE_CHECKING:
+    from pyramid.config import Configurator
+    from pyramid.request import Request
+    from pyramid.response import Response
+
+    from .server_store import TokenStore
+
+
+DAY = 86400
+DEFAULT_LIFETIME = 365 * DAY
+#: Longest lifetime anyone may ask for; more (or "never") is for admins.
+MAX_LIFETIME = 366 * DAY
+#: Expiry written into the window caveat of a "never" token that has a start
+#: time (the window format needs an end): 9999-12-31 23:59:59 UTC.
+FAR_FUTURE = 253402300799
+MAX_DESCRIPTION = 1000
+MAX_LIST_ITEMS = 100
+_INT64_MAX = 2 ** 63 - 1
+
+CREATE_KEYS = frozenset({
+    "expires", "not_before", "projects", "indexes", "allowed", "description"})
+
+# PEP 508 project names; devpi's rules for user and index names.
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+_DEVPI_NAME = re.compile(r"[^\x00-\x20!\"#$%&'()*+,/:;<=>?\[\\\]^`{|}~\x7f]+")
+
+
+class BadRequest(Exception):
+    """A create body that cannot be used; the message says why."""
+
+
+def _apiresult(code: int, message: str | None = None, **kw: Any) -> Response:
+    from devpi_server.views import apiresult
+    return apiresult(code, message, **kw)
+
+
+# ---------------------------------------------------------------------------
+# who may manage whose tokens
+
+def _privileged(request: Request, username: str, groups: list[str]) -> bool:
+    if username == "root":
+        return True
+    restrict_modify = request.registry["xom"].config.restrict_modify or ()
+    if username in restrict_modify:
+        return True
+    return any(f":{group}" in restrict_modify for group in groups)
+
+
+def _authorize(request: Request, action: str) -> tuple[str, bool] | Response:
+    """``(target user, privileged)`` or the refusal to return."""
+    identity = request.identity
+    if isinstance(identity, TokenIdentity):
+        return _apiresult(
+            403, f"a token cannot be used to {action} tokens; "
+            "log in with the password instead")
+    if identity is None:
+        return _apiresult(401, f"you need to be logged in to {action} tokens")
+    username = request.matchdict["user"]
+    privileged = _privileged(request, identity.username, list(identity.groups or ()))
+    if identity.username != username and not privileged:
+        return _apiresult(
+            403, f"user '{identity.username}' may not {action} tokens of user '{username}'")
+    if not get_store(request).user_exists(username):
+        return _apiresult(404, f"no user '{username}'")
+    return username, privileged
+
+
+def get_store(request: Request) -> TokenStore:
+    return request.registry[STORE_KEY]
+
+
+# ---------------------------------------------------------------------------
+# the create body
+
+def _read_body(request: Request) -> dict[str, Any]:
+    raw = request.body
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    unknown = sorted(set(data) - CREATE_KEYS)
+    if unknown:
+        raise BadRequest(
+            f"unknown field(s) {', '.join(map(repr, unknown))}; "
+            f"known fields: {', '.join(sorted(CREATE_KEYS))}")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not allowed in the request body")
+
+
+def _epoch(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise BadRequest(f"'{key}' must be an epoch timestamp (integer seconds)")
+    if not 0 <= value <= _INT64_MAX:
+        raise BadRequest(f"'{key}' is out of range")
+    return value
+
+
+def _string_list(
+    data: dict[str, Any], key: str, check: Callable[[str], str | None],
+) -> tuple[str, ...]:
+    value = data.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise BadRequest(f"'{key}' must be a list of strings")
+    if not value:
+        raise BadRequest(f"'{key}' must not be an empty list (leave it out instead)")
+    if len(value) > MAX_LIST_ITEMS:
+        raise BadRequest(f"'{key}' has more than {MAX_LIST_ITEMS} entries")
+    for item in value:
+        problem = check(item)
+        if problem:
+            raise BadRequest(problem)
+    return tuple(value)
+
+
+def _check_project(name: str) -> str | None:
+    if not _PROJECT_NAME.fullmatch(name):
+        return f"{name!r} is not a valid project name"
+    return None
+
+
+def _check_index(name: str) -> str | None:
+    user, sep, index = name.partition("/")
+    if not sep or not _DEVPI_NAME.fullmatch(user) or not _DEVPI_NAME.fullmatch(index):
+        return f"{name!r} is not an index name of the form 'user/index'"
+    return None
+
+
+def _check_permission(name: str) -> str | None:
+    if name in USER_PERMISSIONS:
+        return f"'{name}' cannot be given to a token: tokens never carry user permissions"
+    if name not in KNOWN_PERMISSIONS:
+        known = ", ".join(sorted(KNOWN_PERMISSIONS - USER_PERMISSIONS))
+        return f"unknown permission {name!r}; known permissions: {known}"
+    return None
+
+
+class CreateRequest:
+    """A validated create body: restrictions, expiry and description."""
+
+    def __init__(self, data: dict[str, Any], now: int) -> None:
+        expires = data.get("expires", now + DEFAULT_LIFETIME)
+        if expires == "never":
+            self.expires: int | None = None
+        else:
+            self.expires = _epoch({"expires": expires}, "expires")
+            if self.expires is None:
+                raise BadRequest("'expires' must be an epoch timestamp or \"never\"")
+            if self.expires <= now:
+                raise BadRequest(f"'expires' ({format_time(self.expires)}) is in the past")
+        self.not_before = _epoch(data, "not_before")
+        if self.not_before is not None and self.expires is not None:
+            if self.not_before >= self.expires:
+                raise BadRequest("'not_before' must be earlier than 'expires'")
+        self.projects = _string_list(data, "projects", _check_project)
+        self.indexes = _string_list(data, "indexes", _check_index)
+        self.allowed = _string_list(data, "allowed", _check_permission)
+        description = data.get("description", "")
+        if not isinstance(description, str):
+            raise BadRequest("'description' must be a string")
+        if len(description) > MAX_DESCRIPTION:
+            raise BadRequest(f"'description' is longer than {MAX_DESCRIPTION} characters")
+        self.description = description
+        self.now = now
+
+    def needs_privilege(self) -> bool:
+        return self.expires is None or self.expires > self.now + MAX_LIFETIME
+
+    def restrictions(self) -> tuple[Restriction, ...]:
+        result: list[Restriction] = []
+        if self.expires is not None:
+            not_before = self.not_before if self.not_before is not None else self.now
+            result.append(ValidityWindow(not_after=self.expires, not_before=not_before))
+        elif self.not_before is not None:
+            result.append(ValidityWindow(not_after=FAR_FUTURE, not_before=self.not_before))
+        if self.projects:
+            result.append(ProjectNames(self.projects))
+        if self.indexes:
+            result.append(Indexes(self.indexes))
+        if self.allowed:
+            result.append(Allowed(self.allowed))
+        try:
+            return tuple(validated(r) for r in result)
+        except MalformedCaveat as exc:
+            raise BadRequest(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------
+# views
+
+def token_create(request: Request) -> Response:
+    authorized = _authorize(request, "create")
+    if not isinstance(authorized, tuple):
+        return authorized
+    username, privileged = authorized
+    try:
+        wanted = CreateRequest(_read_body(request), int(time.time()))
+        restrictions = wanted.restrictions()
+    except BadRequest as exc:
+        return _apiresult(400, str(exc))
+    if wanted.needs_privilege() and not privileged:
+        return _apiresult(
+            403, "only root and --restrict-modify users may create tokens that never "
+            "expire or are valid for more than 366 days")
+    store = get_store(request)
+    token = store.create(
+        username, restrictions, created=wanted.now, expires=wanted.expires,
+        description=wanted.description)
+    request.log.info(
+        "created token %s of user %s (by %s)",
+        token.token_id, username, request.authenticated_userid)
+    result: dict[str, Any] = {"token": token.dump(), "id": token.token_id}
+    warning = secret_warning(request.registry["xom"])
+    if warning:
+        result["warning"] = warning
+    return _apiresult(201, result=result, type="token-info")
+
+
+def token_list(request: Request) -> Response:
+    authorized = _authorize(request, "list")
+    if not isinstance(authorized, tuple):
+        return authorized
+    username, _ = authorized
+    tokens = get_store(request).list_tokens(username)
+    return _apiresult(200, result={"tokens": tokens}, type="tokens-info")
+
+
+def token_delete(request: Request) -> Response:
+    authorized = _authorize(request, "delete")
+    if not isinstance(authorized, tuple):
+        return authorized
+    username, _ = authorized
+    token_id = request.matchdict["token_id"]
+    if not get_store(request).delete(username, token_id):
+        return _apiresult(404, f"user '{username}' has no token '{token_id}'")
+    request.log.info(
+        "deleted token %s of user %s (by %s)",
+        token_id, username, request.authenticated_userid)
+    return _apiresult(200, f"token {token_id} of user {username} deleted")
+
+
+def method_not_allowed(request: Request) -> Response:
+    return _apiresult(405, f"method {request.method} not allowed here")
+
+
+ROUTES = (
+    ("/{user}/+token-create", "/{user:[^+/]+}/+token-create", "POST", token_create),
+    ("/{user}/+tokens", "/{user:[^+/]+}/+tokens", "GET", token_list),
+    ("/{user}/+tokens/{token_id}", "/{user:[^+/]+}/+tokens/{token_id:[^/]+}", "DELETE",
+     token_delete),
+)
+
+
+def includeme(config: Configurator) -> None:
+    for name, pattern, method, view in ROUTES:
+        config.add_route(name, pattern)
+        config.add_view(view, route_name=name, request_method=method)
+        # any other method: a clear 405 instead of a 404
+        config.add_view(method_not_allowed, route_name=name, is_mutating=False)
