@@ -38,16 +38,22 @@ This is not part of the test suite; no token, key or salt is ever printed.
 from __future__ import annotations
 
 import argparse
+import base64
 import binascii
 import gc
 import hashlib
 import hmac
+import http.client
+import itertools
 import json
 import os
 import platform
 import secrets
+import shutil
 import statistics
 import sys
+import tempfile
+import threading
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -319,9 +325,435 @@ def _print_targets(targets: dict[str, dict[str, Any]]) -> None:
 
 
 # --------------------------------------------------------------------------
+# part 2: scaling with stored tokens, through the server's code path
+
+STORED = (1, 100, 1000, 10000)
+DISTINCT = (1, 100, 1000)
+
+
+class InProcessServer:
+    """devpi-server's XOM with every installed plugin (ours included), real keyfs.
+
+    Built as devpi-server's own main() does, on a directory devpi-init made;
+    requests go through the real WSGI app (webtest), so tweens, hooks,
+    security policy and views all run.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        from devpi_process import init_server
+        from devpi_process import write_secret
+        from devpi_server.config import get_pluginmanager
+        from devpi_server.config import parseoptions
+        from devpi_server.main import xom_from_config
+        import webtest
+
+        serverdir = workdir / "server"
+        init_server(serverdir)
+        secretfile = write_secret(workdir / "secret")
+        config = parseoptions(get_pluginmanager(), [
+            "devpi-server", "--serverdir", str(serverdir),
+            "--secretfile", str(secretfile), "--offline-mode"])
+        self.xom = xom_from_config(config)
+        wsgi = self.xom.create_app()
+        self.app = webtest.TestApp(wsgi)
+        from devpi_tokens import server_enforce
+        self.store = wsgi.app.registry[server_enforce.STORE_KEY]
+        self.authenticate = server_enforce._authenticate
+        with self.xom.keyfs.write_transaction():
+            user = self.xom.model.create_user(USER, password=PASSWORD)
+            user.create_stage(INDEX.split("/")[1])
+
+    def add_tokens(self, count: int, keep: int, now: int) -> tuple[list[str], float]:
+        """Store ``count`` more token records in one write transaction.
+
+        Returns the token strings of the first ``keep`` of them and the
+        seconds it took.  Records are laid out exactly as the store's
+        ``create`` lays them out (one ``create`` per token would rewrite the
+        whole user record each time); a layout change makes the
+        verification below refuse these tokens, so the benchmark stops.
+        """
+        from devpi_tokens import server_store as ss
+
+        window = (r.ValidityWindow(now + 365 * 86400, now),)
+        kept = []
+        t0 = time.perf_counter()
+        with self.xom.keyfs.write_transaction():
+            with self.xom.keyfs.USER(user=USER).update() as userconfig:
+                tokens = userconfig.setdefault(ss.TOKENS_FIELD, {})
+                for i in range(count):
+                    token_id = new_token_id()
+                    while token_id in tokens:
+                        token_id = new_token_id()
+                    salt = secrets.token_bytes(ss.SALT_BYTES)
+                    tokens[token_id] = {
+                        "kdf": ss.KDF_V2, "salt": ss._b64(salt), "created": now,
+                        "expires": window[0].not_after, "description": "",
+                        "restrictions": [x.dump() for x in window]}
+                    if i < keep:
+                        key = self.store.derive_key(USER, token_id, salt)
+                        kept.append(Token.mint(USER, token_id, key, window).dump())
+        return kept, time.perf_counter() - t0
+
+    def verify(self, raw: str) -> None:
+        """The plugin's per-request check, in its own read transaction."""
+        with self.xom.keyfs.read_transaction():
+            identity = self.authenticate(self.store, "__token__", raw, int(time.time()))
+        if identity.username != USER:
+            raise AssertionError("token verified as the wrong user")
+
+    def get(self, path: str, raw: str | None, expect_user: str | None = None) -> None:
+        headers = basic("__token__", raw) if raw else {}
+        resp = self.app.get(path, headers={"Accept": "application/json", **headers})
+        if expect_user is not None and resp.json["result"]["authstatus"][1] != expect_user:
+            raise AssertionError("request not authenticated as the token's user")
+
+    def close(self) -> None:
+        self.xom.thread_pool.kill()
+
+
+def _wsgi_cells(srv: InProcessServer, tokens: list[str], n: int) -> dict[str, Any]:
+    """Whole requests on /+api and the index page, without and with tokens."""
+    api, index = ENDPOINTS["api"], ENDPOINTS["index"]
+    d = len(tokens)
+    return {
+        "wsgi_api_noauth": stats_us(time_each(lambda _: srv.get(api, None), range(n))),
+        "wsgi_api_token": stats_us(time_each(
+            lambda i: srv.get(api, tokens[i % d], USER), range(n))),
+        "wsgi_index_noauth": stats_us(time_each(lambda _: srv.get(index, None), range(n))),
+        "wsgi_index_token": stats_us(time_each(
+            lambda i: srv.get(index, tokens[i % d]), range(n))),
+        "verify_memory": peak_alloc(srv.verify, tokens[:50]),
+        "wsgi_index_memory": peak_alloc(lambda _: srv.get(index, None), range(5)),
+    }
+
+
+def part_scaling(sizes: Sizes) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="devpi-tokens-bench-"))
+    srv = InProcessServer(workdir)
+    res: dict[str, Any] = {"rows": {}, "create_seconds": {}}
+    now = int(time.time())
+    try:
+        used: list[str] = []
+        stored = 0
+        for target in STORED:
+            keep = max(0, min(target, max(DISTINCT)) - len(used))
+            new, seconds = srv.add_tokens(target - stored, keep, now)
+            used += new
+            stored = target
+            res["create_seconds"][str(target)] = round(seconds, 3)
+            row: dict[str, Any] = {}
+            srv.verify(used[0])  # first verification after the write: not a sample
+            for distinct in DISTINCT:
+                if distinct > stored:
+                    continue
+                items = [used[i % distinct] for i in range(sizes.scale_samples)]
+                row[f"verify_d{distinct}"] = stats_us(time_each(srv.verify, items))
+            n = max(20, sizes.scale_samples // 10)
+            row.update(_wsgi_cells(srv, used[:min(stored, max(DISTINCT))], n))
+            res["rows"][str(stored)] = row
+    finally:
+        srv.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    rows = res["rows"]
+    first, last = rows[str(STORED[0])], rows[str(STORED[-1])]
+    res["ratios_largest_smallest"] = {
+        name: _ratio(last[name], first[name])
+        for name in ("verify_d1", "wsgi_api_noauth", "wsgi_api_token",
+                     "wsgi_index_noauth", "wsgi_index_token")}
+    res["ratios_largest_smallest"]["verify_d1000_vs_d1_at_max"] = _ratio(
+        last["verify_d1000"], last["verify_d1"])
+    res["targets"] = {
+        "verify_10000_over_1": _target(
+            res["ratios_largest_smallest"]["verify_d1"], TARGET_SCALING_RATIO, "<="),
+        "api_request_10000_over_1": _target(
+            res["ratios_largest_smallest"]["wsgi_api_token"], TARGET_SCALING_RATIO, "<="),
+        "max_verify_alloc_bytes": _target(
+            max(x["verify_memory"]["peak_max_bytes"] for x in rows.values()),
+            TARGET_ALLOC_BYTES, "<="),
+    }
+    return res
+
+
+def print_scaling(res: dict[str, Any]) -> None:
+    print("\n== 2. scaling: the plugin's check (record, key, signature, window) in a keyfs "
+          "read transaction, and whole in-process requests (CPU us, median)")
+    head = (f"{'stored':>6} | {'verify 1':>8} {'v 100':>7} {'v 1000':>7} {'p99 1000':>8} "
+            f"{'peak KiB':>8} | {'api':>6} {'api+tok':>7} | {'index':>7} {'idx+tok':>7} "
+            f"{'idx KiB':>8} | {'create s':>8}")
+    print(head)
+    print("-" * len(head))
+    for stored, row in res["rows"].items():
+        def cell(name: str, key: str = "median_us", row: dict = row) -> str:
+            return str(row[name][key]) if name in row else "-"
+        print(f"{stored:>6} | {cell('verify_d1'):>8} {cell('verify_d100'):>7} "
+              f"{cell('verify_d1000'):>7} {cell('verify_d1000', 'p99_us'):>8} "
+              f"{row['verify_memory']['peak_max_bytes'] / 1024:>8.1f} | "
+              f"{cell('wsgi_api_noauth'):>6} {cell('wsgi_api_token'):>7} | "
+              f"{cell('wsgi_index_noauth'):>7} {cell('wsgi_index_token'):>7} "
+              f"{row['wsgi_index_memory']['peak_max_bytes'] / 1024:>8.1f} | "
+              f"{res['create_seconds'][stored]:>8}")
+    ratios = ", ".join(f"{k} {v}" for k, v in res["ratios_largest_smallest"].items())
+    print(f"   ratio 10,000 stored / 1 stored: {ratios}")
+    print("   create s: seconds to store that many more records in one write transaction")
+    _print_targets(res["targets"])
+
+
+# --------------------------------------------------------------------------
+# part 3: end to end against a real devpi-server process
+
+PASSWORD = "bench-password-not-secret"
+E2E_TOKENS = 1000
+
+
+class Http:
+    """One keep-alive HTTP/1.1 connection to the server (one per thread)."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                body: Any = None) -> tuple[int, bytes]:
+        hdrs = {"Accept": "application/json", **(headers or {})}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs["Content-Type"] = "application/json"
+        try:
+            self.conn.request(method, path, body=data, headers=hdrs)
+            resp = self.conn.getresponse()
+        except (ConnectionError, http.client.HTTPException):
+            # the server closed the keep-alive connection: reconnect once
+            self.conn.close()
+            self.conn.request(method, path, body=data, headers=hdrs)
+            resp = self.conn.getresponse()
+        payload = resp.read()
+        if resp.getheader("Connection", "").lower() == "close":
+            self.conn.close()
+        return resp.status, payload
+
+    def json(self, method: str, path: str, headers: dict[str, str] | None = None,
+             body: Any = None, expect: tuple[int, ...] = (200,)) -> Any:
+        status, payload = self.request(method, path, headers, body)
+        if status not in expect:
+            # never echo a token: drop the body if it might hold one
+            shown = b"<body withheld>" if PREFIX.encode() in payload else payload[:300]
+            raise RuntimeError(f"{method} {path}: HTTP {status}: {shown!r}")
+        return json.loads(payload) if payload else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    value = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {value}"}
+
+
+def setup_server_data(port: int, ntokens: int, clients: int, max_requests: int,
+                      max_seconds: float) -> dict[str, Any]:
+    """User with password, an index, and ``ntokens + 1`` tokens via the HTTP API.
+
+    Before the tokens exist, measures (a) once: the user record grows with
+    every token, and devpi-server copies that record on index requests.
+    """
+    c = Http(port)
+    try:
+        c.json("PUT", f"/{USER}", body={"password": PASSWORD}, expect=(201,))
+        login = c.json("POST", "/+login", body={"user": USER, "password": PASSWORD})
+        proxy = base64.b64encode(f"{USER}:{login['result']['password']}".encode()).decode()
+        auth = {"X-Devpi-Auth": proxy}
+        c.json("PUT", f"/{INDEX}", headers=auth, body={}, expect=(200, 201))
+        before = {ep: load_loop(port, path, lambda i: {}, clients, max_requests, max_seconds,
+                                check_api="" if ep == "api" else None)
+                  for ep, path in ENDPOINTS.items()}
+        t0 = time.perf_counter()
+        tokens = [
+            c.json("POST", f"/{USER}/+token-create", headers=auth, body={},
+                   expect=(200, 201))["result"]["token"]
+            for _ in range(ntokens + 1)]
+        created_s = time.perf_counter() - t0
+    finally:
+        c.close()
+    return {"one": tokens[0], "many": tokens[1:], "create_seconds": round(created_s, 2),
+            "noauth_before_tokens": before}
+
+
+ENDPOINTS = {"api": "/+api", "index": f"/{INDEX}/+simple/"}
+
+
+def scenario_headers(name: str, tokens: dict[str, Any]) -> Callable[[int], dict[str, str]]:
+    """Request number -> auth headers, for each scenario."""
+    if name == "a_noauth":
+        return lambda i: {}
+    if name == "b_password":
+        pw = basic(USER, PASSWORD)
+        return lambda i: pw
+    if name == "c_one_token":
+        one = basic("__token__", tokens["one"])
+        return lambda i: one
+    many = [basic("__token__", t) for t in tokens["many"]]
+    return lambda i: many[i % len(many)]
+
+
+SCENARIOS = ("a_noauth", "b_password", "c_one_token", "d_1000_tokens")
+
+
+def check_auth(port: int, headers: dict[str, str], expect_user: str | None) -> None:
+    """The server must see the credentials as ``expect_user`` (None: anonymous)."""
+    c = Http(port)
+    try:
+        status = c.json("GET", "/+api", headers=headers)["result"]["authstatus"]
+    finally:
+        c.close()
+    if expect_user is None:
+        ok = status[0] == "noauth"
+    else:
+        ok = status[0] == "ok" and status[1] == expect_user
+    if not ok:
+        raise RuntimeError(f"server authstatus {status[:2]} but expected user {expect_user}")
+
+
+def endpoint_verifies(port: int, path: str) -> bool:
+    """Does ``path`` look at credentials at all?  A broken token must be refused."""
+    c = Http(port)
+    try:
+        status, _ = c.request("GET", path, basic("__token__", PREFIX + "AgEAAAAA"))
+    finally:
+        c.close()
+    return status in (401, 403)
+
+
+def load_loop(port: int, path: str, headers_for: Callable[[int], dict[str, str]],
+              clients: int, max_requests: int, max_seconds: float,
+              check_api: str | None) -> dict[str, Any]:
+    """Requests/s of ``clients`` threads on ``path``, bounded in count and time."""
+    counter = itertools.count()
+    errors: list[str] = []
+    done = [0] * clients
+    start = time.perf_counter()
+    deadline = start + max_seconds
+
+    def worker(slot: int) -> None:
+        conn = Http(port)
+        try:
+            while time.perf_counter() < deadline:
+                i = next(counter)
+                if i >= max_requests:
+                    break
+                status, payload = conn.request("GET", path, headers_for(i))
+                if status != 200:
+                    errors.append(f"HTTP {status}")
+                    break
+                if check_api is not None:
+                    authstatus = json.loads(payload)["result"]["authstatus"]
+                    if authstatus[1] != check_api:
+                        errors.append(f"authstatus {authstatus[:2]}")
+                        break
+                done[slot] += 1
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            errors.append(repr(exc))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"GET {path}: {errors[0]} ({len(errors)} errors)")
+    total = sum(done)
+    return {"requests": total, "seconds": round(elapsed, 3),
+            "rps": round(total / elapsed, 1) if elapsed else 0.0}
+
+
+def part_e2e(sizes: Sizes, clients: int = 2) -> dict[str, Any]:
+    from devpi_process import start_server
+
+    workdir = Path(tempfile.mkdtemp(prefix="devpi-tokens-bench-"))
+    server = start_server(workdir / "server")
+    try:
+        tokens = setup_server_data(server.port, E2E_TOKENS, clients, sizes.e2e_requests,
+                                   sizes.e2e_seconds)
+        check_auth(server.port, {}, None)
+        check_auth(server.port, basic(USER, PASSWORD), USER)
+        check_auth(server.port, basic("__token__", tokens["one"]), USER)
+        check_auth(server.port, basic("__token__", tokens["many"][-1]), USER)
+        res: dict[str, Any] = {
+            "server_pid": server.pid, "clients": clients,
+            "tokens_created": E2E_TOKENS + 1, "create_seconds": tokens["create_seconds"],
+            "noauth_before_tokens": tokens["noauth_before_tokens"],
+            "endpoints": {k: {"path": v, "verifies_credentials": endpoint_verifies(server.port, v)}
+                          for k, v in ENDPOINTS.items()},
+            "rounds": [],
+        }
+        for _ in range(sizes.e2e_rounds):
+            rnd: dict[str, Any] = {}
+            for ep, path in ENDPOINTS.items():
+                for sc in SCENARIOS:
+                    expect = None if sc == "a_noauth" else USER
+                    rnd[f"{ep}/{sc}"] = load_loop(
+                        server.port, path, scenario_headers(sc, tokens), clients,
+                        sizes.e2e_requests, sizes.e2e_seconds,
+                        check_api=(expect or "") if ep == "api" else None)
+            res["rounds"].append(rnd)
+        res["summary"] = summarize_e2e(res["rounds"])
+        worst = min(res["summary"][f"{ep}/d_1000_tokens"]["ratio_median"] for ep in ENDPOINTS)
+        res["targets"] = {"d_over_a_ratio": _target(worst, TARGET_E2E_RATIO, ">=")}
+    finally:
+        server.stop()
+        log = server.log()
+        shutil.rmtree(workdir, ignore_errors=True)
+    res["server_log_errors"] = [line for line in log.splitlines()
+                                if "Traceback" in line or " ERROR " in line][:10]
+    return res
+
+
+def summarize_e2e(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median requests/s per cell, and each as a ratio to (a) of its own round."""
+    out = {}
+    for cell in rounds[0]:
+        ep = cell.split("/")[0]
+        rps = [rnd[cell]["rps"] for rnd in rounds]
+        ratios = [rnd[cell]["rps"] / rnd[f"{ep}/a_noauth"]["rps"] for rnd in rounds]
+        out[cell] = {"rps_median": round(statistics.median(rps), 1),
+                     "rps_rounds": rps,
+                     "ratio_median": round(statistics.median(ratios), 3),
+                     "ratio_min": round(min(ratios), 3)}
+    return out
+
+
+def print_e2e(res: dict[str, Any]) -> None:
+    print(f"\n== 3. end to end: devpi-server process on 127.0.0.1, {res['clients']} client "
+          f"threads, {len(res['rounds'])} interleaved rounds ({res['tokens_created']} tokens "
+          f"created in {res['create_seconds']} s)")
+    head = f"{'endpoint':<34} {'scenario':<15} {'req/s':>8} {'ratio to a':>10} {'min ratio':>9}"
+    print(head)
+    print("-" * len(head))
+    for cell, s in res["summary"].items():
+        ep, sc = cell.split("/")
+        info = res["endpoints"][ep]
+        label = f"{ep} {info['path']}" + ("" if info["verifies_credentials"] else " (*)")
+        print(f"{label:<34} {sc:<15} {s['rps_median']:>8} {s['ratio_median']:>10} "
+              f"{s['ratio_min']:>9}")
+    for ep, cell in res["noauth_before_tokens"].items():
+        print(f"   {ep}: no auth before any token existed: {cell['rps']} req/s")
+    if not all(info["verifies_credentials"] for info in res["endpoints"].values()):
+        print("   (*) this page accepted a broken token: it never looks at credentials")
+    if res["server_log_errors"]:
+        print(f"   server log errors: {res['server_log_errors']}")
+    _print_targets(res["targets"])
+
+
+# --------------------------------------------------------------------------
 # driver
 
-PARTS = {"1": ("micro", part_micro, print_micro)}
+PARTS = {
+    "1": ("micro", part_micro, print_micro),
+    "2": ("scaling", part_scaling, print_scaling),
+    "3": ("e2e", part_e2e, print_e2e),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
