@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
 import base64
@@ -227,7 +228,9 @@ def public_info(record: Mapping[str, Any]) -> dict[str, Any]:
     can never slip through.
     """
     raw = record.get("restrictions")
-    restrictions = [x for x in raw if isinstance(x, str)] if isinstance(raw, (list, tuple)) else []
+    # keyfs hands out read-only sequence views, not lists
+    is_list = isinstance(raw, Sequence) and not isinstance(raw, (str, bytes))
+    restrictions = [x for x in raw if isinstance(x, str)] if is_list else []
     if "expires" in record:
         expires = _int_or_none(record.get("expires"))
     else:

@@ -1,10 +1,17 @@
-"""Shared fixtures: devpi-server's own test fixtures, with devpi-tokens loaded."""
+"""Shared fixtures: devpi-server's own test fixtures, with devpi-tokens loaded.
+
+``xom`` (and with it ``testapp``/``mapp``) is devpi-server's fixture with the
+devpi-tokens server plugin registered; ``srv`` adds small helpers for token
+tests against that in-process app (real keyfs, real views).
+"""
 from __future__ import annotations
 
 from base64 import b64encode
 from typing import Any
+import json
 
 import pytest
+from webtest.forms import Upload
 
 from devpi_tokens import server_hooks
 
@@ -18,12 +25,32 @@ def basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + b64encode(raw).decode("ascii")}
 
 
+def devpi_auth(user: str, password: str) -> dict[str, str]:
+    """devpi-client's ``X-Devpi-Auth`` header (what ``token-login`` sends)."""
+    raw = f"{user}:{password}".encode()
+    return {"X-Devpi-Auth": b64encode(raw).decode("ascii")}
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+JSON = {"Accept": "application/json"}
+
+
 @pytest.fixture
-def xom(makexom):
+def cheap_password_hashing(monkeypatch):
+    """devpi hashes passwords with argon2 at 64 MiB; tests need no such cost."""
+    from devpi_server import auth
+    from passlib.context import CryptContext
+
+    monkeypatch.setattr(auth, "pwd_context", CryptContext(
+        schemes=["argon2"], argon2__memory_cost=8, argon2__time_cost=1,
+        argon2__parallelism=1))
+
+
+@pytest.fixture
+def xom(makexom, cheap_password_hashing):
     """devpi-server's ``xom`` fixture with the devpi-tokens plugin registered."""
     xom = makexom([], plugins=[server_hooks])
     yield xom
@@ -37,14 +64,26 @@ class TokenServer:
         self.app = testapp
         self.xom = testapp.xom
 
+    # users and tokens (authenticated with the password)
+
     def create_user(self, name: str, password: str = "pw", index: str | None = "dev") -> None:
         r = self.app.put_json(f"/{name}", {"password": password, "email": f"{name}@example.com"})
         assert r.status_code == 201, r.text
         if index:
-            r = self.app.put_json(
-                f"/{name}/{index}", {"type": "stage", "volatile": True},
-                headers=basic(name, password))
-            assert r.status_code == 200, r.text
+            self.create_index(f"{name}/{index}", basic(name, password))
+
+    def create_index(self, name: str, headers: dict[str, str], code: int = 200, **config: Any):
+        config.setdefault("type", "stage")
+        config.setdefault("volatile", True)
+        r = self.app.put_json(f"/{name}", config, headers=headers, expect_errors=True)
+        assert r.status_code == code, r.text
+        return r
+
+    def create(self, user: str, password: str = "pw", *, owner: str | None = None, **body: Any):
+        """POST +token-create as ``user``; returns the response."""
+        return self.app.post_json(
+            f"/{owner or user}/+token-create", body, headers=basic(user, password),
+            expect_errors=True)
 
     def create_token(
         self, user: str, password: str = "pw", *, owner: str | None = None, **body: Any,
@@ -53,12 +92,44 @@ class TokenServer:
         assert r.status_code == 201, r.text
         return r.json["result"]["token"]
 
-    def create(self, user: str, password: str = "pw", *, owner: str | None = None, **body: Any):
-        return self.app.post_json(
-            f"/{owner or user}/+token-create", body, headers=basic(user, password),
+    def list_tokens(self, user: str, password: str = "pw") -> dict[str, Any]:
+        r = self.app.get(f"/{user}/+tokens", headers=basic(user, password))
+        assert r.status_code == 200, r.text
+        return r.json["result"]["tokens"]
+
+    # package actions (with whatever headers the test gives)
+
+    def upload(
+        self, index: str, name: str, version: str, headers: dict[str, str],
+        *, filename: str | None = None,
+    ):
+        filename = filename or f"{name}-{version}.tar.gz"
+        form = {
+            ":action": "file_upload", "name": name, "version": version,
+            "content": Upload(filename, b"not really an sdist")}
+        return self.app.post(f"/{index}/", form, headers=headers, expect_errors=True)
+
+    def register(self, index: str, name: str, version: str, headers: dict[str, str]):
+        form = {":action": "submit", "name": name, "version": version}
+        return self.app.post(f"/{index}/", form, headers=headers, expect_errors=True)
+
+    def push(self, index: str, name: str, version: str, target: str, headers: dict[str, str]):
+        body = json.dumps({"name": name, "version": version, "targetindex": target})
+        return self.app.post(
+            f"/{index}", body, headers={**headers, "Content-Type": "application/json", **JSON},
             expect_errors=True)
+
+    def simple(self, index: str, project: str, headers: dict[str, str]):
+        return self.app.get(f"/{index}/+simple/{project}/", headers=headers, expect_errors=True)
 
 
 @pytest.fixture
 def srv(testapp) -> TokenServer:
     return TokenServer(testapp)
+
+
+@pytest.fixture
+def alice(srv) -> TokenServer:
+    """``srv`` with user alice (password "pw") and her volatile index alice/dev."""
+    srv.create_user("alice")
+    return srv
