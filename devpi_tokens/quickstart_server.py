@@ -356,16 +356,21 @@ class Step:
             text = text.replace(secret, placeholder)
         return text
 
-    def run(self, args: Sequence[str], *, expect_ok: bool = True,
-            shown_as: str | None = None) -> subprocess.CompletedProcess:
-        """Run ``args``, print ``$ command`` and its indented output."""
-        display = shown_as or shlex.join(
-            [shown(args[0]) if os.sep in args[0] else args[0], *args[1:]])
+    def run(self, args: Sequence[str], *, expect_ok: bool = True, shown_as: str | None = None,
+            max_lines: int | None = None) -> subprocess.CompletedProcess:
+        """Run ``args``, print ``$ command`` and its indented output.
+
+        Console scripts show by their bare name (``devpi``): the quick start
+        puts its ``.venv/bin`` first on PATH, so that is what a person types.
+        """
+        display = shown_as or shlex.join([Path(args[0]).name, *args[1:]])
         print(f"    $ {self.masked(display)}", flush=True)
         proc = subprocess.run(list(args), env=self.env, cwd=self.cwd, capture_output=True,
                               text=True, stdin=subprocess.DEVNULL)
-        output = self.masked((proc.stdout + proc.stderr).rstrip())
-        for line in output.splitlines():
+        lines = self.masked((proc.stdout + proc.stderr).rstrip()).splitlines()
+        if max_lines is not None and len(lines) > max_lines:
+            lines = [*lines[:max_lines], "..."]
+        for line in lines:
             print(f"      {line}", flush=True)
         if expect_ok and proc.returncode != 0:
             raise QuickstartError(f"step {self.number} failed (exit {proc.returncode})")
@@ -455,9 +460,9 @@ def _demo_env(clientdir: Path) -> dict[str, str]:
     for name in ("DEVPI_INDEX", "DEVPI_USER", "VIRTUAL_ENV"):
         env.pop(name, None)
     # the user's pip configuration (another index-url, say) must not interfere
+    for name in [name for name in env if name.startswith("PIP_")]:
+        del env[name]
     env["PIP_CONFIG_FILE"] = os.devnull
-    env.pop("PIP_INDEX_URL", None)
-    env.pop("PIP_EXTRA_INDEX_URL", None)
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     return env
 
@@ -479,12 +484,14 @@ def _demo_flow(demo: DemoDir, url: str, work: Path) -> None:
     password, create = demo_password(demo, url)
     hide = {password: "$PASSWORD"}
     step = Step(_demo_env(work / "client"), work, hide)
-    print(f"[quickstart] working in {work} with a throwaway devpi client directory; "
+    print(f"[quickstart] working in {work}, with a throwaway devpi client directory\n"
+          f"[quickstart] devpi, pip: the ones in {shown(BINDIR)}; "
           f"{DEMO_USER}'s password is in {shown(demo.user_password_file(DEMO_USER))} "
-          "and shown as $PASSWORD; tokens are kept in files, never printed", flush=True)
+          "(shown as $PASSWORD);\n[quickstart] tokens live in 0600 files and are never printed",
+          flush=True)
 
     step.title("point the devpi client at the server")
-    step.run([devpi, "use", url])
+    step.run([devpi, "use", url], max_lines=2)
     if create:
         step.title(f"create user {DEMO_USER} (a token belongs to a user)")
         step.run([devpi, "user", "-c", DEMO_USER, f"password={password}"])
@@ -507,17 +514,17 @@ def _demo_flow(demo: DemoDir, url: str, work: Path) -> None:
     step.title("log out, then log in with the narrow token instead of a password")
     step.run([devpi, "logout"])
     step.run([devpi, "token-login", "-f", "ci.token"])
-    step.run([devpi, "use", index])
 
     step.title(f"build a tiny package ({DEMO_PROJECT} 1.0) and upload it with the token")
     wheel = write_wheel(work / "dist", DEMO_PROJECT, "1.0")
     print(f"      (wrote {wheel.relative_to(work)} directly: no build backend or network needed)",
           flush=True)
-    step.run([devpi, "upload", str(wheel.relative_to(work))])
+    step.run([devpi, "upload", "--index", index, str(wheel.relative_to(work))])
 
     step.title("the narrow token cannot upload any other project")
     other = write_wheel(work / "other", "tokendemo-other", "1.0")
-    step.run([devpi, "upload", str(other.relative_to(work))], expect_ok=False)
+    step.run([devpi, "upload", "--index", index, str(other.relative_to(work))],
+             expect_ok=False)
 
     step.title("install the package with pip through the token in the index URL")
     token = (work / "ci.token").read_text().strip()
@@ -525,8 +532,7 @@ def _demo_flow(demo: DemoDir, url: str, work: Path) -> None:
     simple = f"http://:{token}@{url.split('://', 1)[1]}/{index}/+simple/"
     step.run([sys.executable, "-m", "pip", "install", "--no-cache-dir", "--target", "site",
               "--index-url", simple, DEMO_PROJECT],
-             shown_as=shlex.join(["pip", "install", "--target", "site", "--index-url",
-                                  simple, DEMO_PROJECT]).replace("'", '"'))
+             shown_as=f'pip install --target site --index-url "{simple}" {DEMO_PROJECT}')
     _run_hello(step, work)
 
     step.title("revoke: delete the parent token; the derived one dies with it")
@@ -535,7 +541,6 @@ def _demo_flow(demo: DemoDir, url: str, work: Path) -> None:
     token_id = _token_id_of(work / "alice.token")
     step.run([devpi, "token-delete", token_id])
     step.run([devpi, "token-login", "-f", "ci.token"], expect_ok=False)
-    step.run([devpi, "logout"])
 
 
 def _run_hello(step: Step, work: Path) -> None:
