@@ -88,19 +88,14 @@ def api_answers(url: str, timeout: float = 2) -> bool:
 
 
 def plugin_active(url: str) -> bool:
-    """True when the server has devpi-tokens (its +tokens view exists).
-
-    Without authentication the plugin answers 401/403; a server without it
-    has no such route and answers 404.
-    """
-    req = urllib.request.Request(url + "/root/+tokens", headers={"Accept": "application/json"})
+    """True when the server at ``url`` lists the ``devpi-tokens`` feature in /+api."""
+    req = urllib.request.Request(url + "/+api", headers={"Accept": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=5):  # noqa: S310 (loopback)
-            return True
-    except urllib.error.HTTPError as exc:
-        return exc.code != 404
-    except (urllib.error.URLError, OSError):
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 (loopback)
+            features = json.loads(resp.read()).get("result", {}).get("features", [])
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
         return False
+    return "devpi-tokens" in features
 
 
 def port_in_use(port: int) -> bool:
