@@ -54,7 +54,21 @@ def main(argv: list[str]) -> int:
         args = [str(BIN / "python"), "-m", "pytest", *rest]
     else:
         args = [str(BIN / "python"), "-m", "devpi_tokens.quickstart_server", command, *rest]
-    return subprocess.call(args, cwd=HERE, env=env)
+    return run_child(args, env)
+
+
+def run_child(args: list[str], env: dict[str, str]) -> int:
+    """Run ``args`` and wait for it, also through Ctrl-C.
+
+    Ctrl-C reaches the child too (same process group); it shuts down by itself
+    (devpi-server closes its storage), so we keep waiting instead of killing it.
+    """
+    proc = subprocess.Popen(args, cwd=HERE, env=env)
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 if __name__ == "__main__":
