@@ -12,6 +12,7 @@ Every failure ends with one line on stderr and exit status 1.
 from __future__ import annotations
 
 import argparse
+import re
 import functools
 import json
 import sys
@@ -48,7 +49,6 @@ from .restrictions import normalize_project
 from .restrictions import not_before_of
 from .restrictions import parse_caveat
 from .tokens import Token
-from .tokens import split_identifier
 
 hookimpl = HookimplMarker("devpiclient")
 
@@ -56,6 +56,9 @@ MODULE = "devpi_tokens.client_commands"
 
 #: permissions a token can be limited to (user_* are never granted to tokens)
 TOKEN_PERMISSIONS = tuple(sorted(KNOWN_PERMISSIONS - USER_PERMISSIONS))
+
+#: what a token id looks like (the part after the last "-" of the identifier)
+TOKEN_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 #: A derived token without a start time of its own starts this long before
 #: "now", so a server whose clock is a little behind still accepts it.
@@ -618,11 +621,9 @@ def _print_entry(entry: dict[str, Any], now: int) -> None:
 @_command
 def token_delete(hub: Any, args: argparse.Namespace) -> None:
     token_id = args.token_id.strip()
-    try:
-        split_identifier(f"x-{token_id}")
-    except TokenError:
+    if not TOKEN_ID.fullmatch(token_id):
         raise ClientError(
-            f"{token_id[:20]!r} is not a token id (see 'devpi token-list')") from None
+            f"{token_id[:20]!r} is not a token id (see 'devpi token-list')")
     user, url = _user_url(hub, args.user, "delete a token")
     reply = _request(hub, "delete", url.addpath("+tokens").addpath(token_id), None,
                      "", "token-delete")
@@ -646,11 +647,19 @@ def token_login(hub: Any, args: argparse.Namespace) -> None:
     hub.current.set_auth(token.user, raw)
     message = f"logged in {token.user!r} with token {token.token_id}"
     if hub.current.index:
-        message += f" at {hub.current.index!r}"
+        message += f" at {_index_name(hub)!r}"
     hub.info(f"{message}, {text}")
     if hub.current.index:
         # like 'devpi login': warns if the token cannot read the current index
         hub.validate_index_access()
+
+
+def _index_name(hub: Any) -> str:
+    """The current index as USER/INDEX (devpi keeps the full URL)."""
+    root, index = hub.current.root_url.url, hub.current.index_url.url
+    if index.startswith(root):
+        return index[len(root):].strip("/")
+    return index
 
 
 def _verify_with_server(hub: Any, token: Token) -> None:
