@@ -326,8 +326,8 @@ def test_uv_pip_install_through_token_url(server, admin, workdir, expiry_token, 
     name, version = published
     narrow = derive_token(admin, workdir, expiry_token, "-p", name, "-e", "1h")
     proc = run([bin_path("uv"), "pip", "install", "--no-config", "--python", sys.executable,
-                "--target", str(tmp_path / "site"), "--index-url", index_url(server, narrow),
-                name], env=tool_env(tmp_path))
+                "--target", str(tmp_path / "site"), "--default-index",
+                index_url(server, narrow), name], env=tool_env(tmp_path))
     assert proc.returncode == 0, output(proc)
     assert hello(tmp_path / "site", name) == f"hello from {name} {version}"
 
@@ -353,6 +353,20 @@ def test_bearer_token_authenticates(server, admin, expiry_token):
     status, body = http(server, "GET", "/+api", token=expiry_token)
     assert status == 200, body
     assert json.loads(body)["result"]["authstatus"][:2] == ["ok", USER]
+
+
+@pytest.mark.parametrize("how", ["token-as-user", "dunder-token", "own-user", "empty-user"])
+def test_basic_auth_forms_authenticate(server, admin, expiry_token, how):
+    basic = {"token-as-user": (expiry_token, ""), "dunder-token": ("__token__", expiry_token),
+             "own-user": (USER, expiry_token), "empty-user": ("", expiry_token)}[how]
+    status, body = http(server, "GET", "/+api", basic=basic)
+    assert status == 200, body
+    assert json.loads(body)["result"]["authstatus"][:2] == ["ok", USER]
+
+
+def test_basic_auth_with_another_user_name_refused(server, admin, expiry_token):
+    status, body = http(server, "GET", "/+api", basic=("bob", expiry_token))
+    assert status == 403, body
 
 
 def test_bearer_reads_simple_page(server, expiry_token, published):
