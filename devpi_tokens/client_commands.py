@@ -333,7 +333,7 @@ def list_entry(token_id: str, info: dict[str, Any], now: int) -> dict[str, Any]:
     expires = info.get("expires")
     expires = expires if isinstance(expires, int) else None
     state, text = token_state(restrictions, now, expires)
-    return {
+    entry = {
         "id": token_id,
         "description": info.get("description") or "",
         "created": info.get("created"),
@@ -346,6 +346,10 @@ def list_entry(token_id: str, info: dict[str, Any], now: int) -> dict[str, Any]:
                   "description": "unreadable restriction (the token is invalid)"}
             for v, r in parsed],
     }
+    if info.get("format") == "1.x":
+        # minted by devpi-tokens 1.x (the server says so); still valid
+        entry["format"] = "1.x"
+    return entry
 
 
 # --------------------------------------------------------------------------
@@ -370,9 +374,11 @@ def _user_url(hub: Any, user: str | None, what: str) -> tuple[str, Any]:
 
 
 def _refusal(reply: Any) -> str:
+    """``403 Forbidden: <the server's reason>``, without saying the reason twice."""
     message = reply.json_get("message")
-    text = f"{reply.status_code} {reply.reason}"
-    return f"{text}: {message}" if message else text
+    if not message or message == reply.reason:
+        return f"{reply.status_code} {reply.reason}"
+    return f"{reply.status_code} {reply.reason}: {message}"
 
 
 def _request(hub: Any, method: str, url: Any, body: dict | None, expect: str,
@@ -611,6 +617,8 @@ def _print_entry(entry: dict[str, Any], now: int) -> None:
     if isinstance(created, int):
         lines.append(f"    created  {format_time(created)} ({describe_relative(created, now)})")
     lines.append(f"    state    {entry['state_description']}")
+    if entry.get("format") == "1.x":
+        lines.append("    format   older devpi-tokens 1.x token")
     lines += [f"    - {r['description']}" for r in entry["restrictions"]]
     sys.stdout.write("\n".join(lines) + "\n")
 

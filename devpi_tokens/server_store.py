@@ -237,12 +237,16 @@ def public_info(record: Mapping[str, Any]) -> dict[str, Any]:
         # 1.x records carry no expiry field; read it from the caveats.
         expires = _expiry_from_caveats(restrictions)
     description = record.get("description")
-    return {
+    info = {
         "restrictions": restrictions,
         "description": description if isinstance(description, str) else "",
         "created": _int_or_none(record.get("created")),
         "expires": expires,
     }
+    if record.get("kdf") != KDF_V2:
+        # written by devpi-tokens 1.x: listings mark it as the older format
+        info["format"] = "1.x"
+    return info
 
 
 def _expiry_from_caveats(caveats: list[str]) -> int | None:
