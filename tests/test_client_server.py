@@ -236,7 +236,8 @@ def test_delete_revokes_token_and_derived(alice, server, tmp_path):
     for gone in (raw, derived):
         client = new_client(server, tmp_path, f"user-of-{len(gone)}", index="alice/dev")
         proc = client.fails("token-login", "--token", gone)
-        assert_one_line_error(proc, "the server refused the token")
+        line = assert_one_line_error(proc, "the server refused the token: 401")
+        assert line.count("deleted") == 1  # the server's reason, once
         assert gone not in stored_auth(client)
     proc = alice.fails("token-delete", token.token_id)
     assert_one_line_error(proc, "server refused: 404")
