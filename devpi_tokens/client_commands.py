@@ -184,6 +184,14 @@ def token_login_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = TOKEN_INPUT_HELP
 
 
+def token_purge_arguments(parser: argparse.ArgumentParser) -> None:
+    """Delete every expired token of a user on the server (token-list marks them).
+
+    Tokens that never expire, or have not expired yet, stay.
+    """
+    _add_user(parser)
+
+
 @hookimpl
 def devpiclient_subcommands() -> list[tuple[Callable, str, str]]:
     return [
@@ -193,6 +201,7 @@ def devpiclient_subcommands() -> list[tuple[Callable, str, str]]:
         (token_list_arguments, "token-list", f"{MODULE}:token_list"),
         (token_delete_arguments, "token-delete", f"{MODULE}:token_delete"),
         (token_login_arguments, "token-login", f"{MODULE}:token_login"),
+        (token_purge_arguments, "token-purge", f"{MODULE}:token_purge"),
     ]
 
 
@@ -245,12 +254,16 @@ def _command(func: Callable[[Any, argparse.Namespace], None]) -> Callable:
     return handler
 
 
-def _info(hub: Any, to_stderr: bool, text: str) -> None:
-    """Status text: on stderr when stdout carries the token, else as devpi does."""
-    if to_stderr:
-        _stderr_line(text)
-    else:
-        hub.info(text)
+def _keep_stdout_for_data(hub: Any) -> None:
+    """Send devpi-client's own status lines (e.g. "*redirected") to stderr.
+
+    Used when stdout carries a token or JSON that a script will read.
+    """
+    def info(*msg: object) -> None:
+        if not hub.quiet:
+            _stderr_line(" ".join(str(m) for m in msg))
+
+    hub.info = info
 
 
 def _emit_token(hub: Any, args: argparse.Namespace, token: str, summary: list[str]) -> None:
@@ -438,6 +451,8 @@ def token_create(hub: Any, args: argparse.Namespace) -> None:
             body[key] = values
     if args.description is not None:
         body["description"] = args.description
+    if not args.output:
+        _keep_stdout_for_data(hub)
     user, url = _user_url(hub, args.user, "create a token")
     reply = _request(hub, "post", url.addpath("+token-create"), body,
                      "token-info", "token-create")
@@ -589,6 +604,8 @@ def token_inspect(hub: Any, args: argparse.Namespace) -> None:
 
 @_command
 def token_list(hub: Any, args: argparse.Namespace) -> None:
+    if args.json:
+        _keep_stdout_for_data(hub)
     user, url = _user_url(hub, args.user, "list tokens")
     reply = _request(hub, "get", url.addpath("+tokens"), None, "tokens-info", "token-list")
     tokens = (reply.result or {}).get("tokens")
@@ -682,3 +699,22 @@ def _verify_with_server(hub: Any, token: Token) -> None:
         raise ClientError(
             "the server did not accept the token (is devpi-tokens installed on the "
             f"server, and is the token from this server?); auth status: {status[:1]}")
+
+
+# --------------------------------------------------------------------------
+# token-purge
+
+@_command
+def token_purge(hub: Any, args: argparse.Namespace) -> None:
+    user, url = _user_url(hub, args.user, "purge expired tokens")
+    reply = _request(hub, "post", url.addpath("+tokens-purge"), {},
+                     "tokens-purged", "token-purge")
+    removed = (reply.result or {}).get("removed")
+    if not isinstance(removed, list):
+        raise ClientError("token-purge: the server's answer has no list of removed tokens")
+    if not removed:
+        hub.info(f"no expired tokens for user {user}")
+        return
+    plural = "" if len(removed) == 1 else "s"
+    hub.info(f"removed {len(removed)} expired token{plural} of user {user}: "
+             + ", ".join(str(token_id) for token_id in removed))
