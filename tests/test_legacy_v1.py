@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 import copy
 import json
+import threading
 import time
 
 import pypitoken
@@ -24,6 +25,8 @@ from conftest import bearer
 
 from devpi_tokens import legacy_v1
 from devpi_tokens import server_hooks
+from devpi_tokens.client_commands import _print_entry
+from devpi_tokens.client_commands import inspect_data
 from devpi_tokens.client_commands import list_entry
 from devpi_tokens.restrictions import V1Allowed
 from devpi_tokens.restrictions import V1Expires
@@ -68,19 +71,28 @@ def write_secret(tmp_path: Path, secret: str) -> str:
     return str(secretfile)
 
 
-def make_v1_server(makexom, maketestapp, tmp_path: Path, server: dict = V1) -> TokenServer:
+def make_v1_server(
+    makexom, maketestapp, tmp_path: Path, server: dict = V1, *, projects: bool = True,
+) -> TokenServer:
     """devpi-server with this plugin, on the state devpi-tokens 1.x left."""
     secretfile = write_secret(tmp_path, server["secret"])
     xom = makexom(["--secretfile", secretfile], plugins=[server_hooks])
     srv = TokenServer(maketestapp(xom))
-    srv.create_user("alice", ALICE_PASSWORD, index=None)
-    # alice's whole record as the 1.x server stored it: password hash,
-    # indexes, and the "tokens" table with 1.x's own records
+    # alice exactly as the 1.x server stored her: password hash, indexes,
+    # and the "tokens" table with 1.x's own records
     with xom.keyfs.write_transaction():
+        userlist = xom.keyfs.USERLIST.get_mutable()
+        userlist.add("alice")
+        xom.keyfs.USERLIST.set(userlist)
         xom.keyfs.USER(user="alice").set(copy.deepcopy(server["user_record_sqlite"]["value"]))
-    password = basic("alice", ALICE_PASSWORD)
+    if not projects:
+        return srv
+    # the projects the 1.x fixture run registered (project data lives
+    # outside the user record); done with a 1.x token, which also saves a
+    # password hash check per test
+    auth = basic("alice", server["tokens"]["plain"])
     for index, project in (("alice/dev", "pkg-a"), ("alice/prod", "pkg-b")):
-        r = srv.register(index, project, "1.0", password)
+        r = srv.register(index, project, "1.0", auth)
         assert r.status_code == 200, r.text
     return srv
 
@@ -152,6 +164,10 @@ def test_old_token_authenticates(v1srv, make_headers):
     assert_logged_in(v1srv, make_headers(TOKENS["plain"]))
 
 
+def test_password_from_1x_record_still_logs_in(v1srv):
+    assert_logged_in(v1srv, basic("alice", ALICE_PASSWORD))
+
+
 def test_old_token_uploads(v1srv):
     r = v1srv.upload("alice/dev", "pkg-a", "2.0", basic("__token__", TOKENS["plain"]))
     assert r.status_code == 200, r.text
@@ -199,6 +215,17 @@ def test_pypitoken_narrowed_old_restricted_token_keeps_1x_restrictions(v1srv):
     r = v1srv.upload("alice/prod", "pkg-a", "4.0", bearer(narrowed))
     assert r.status_code == 403
     assert "index 'alice/prod'" in r.text
+
+
+def test_devpi_upload_sends_old_token_unchanged(v1srv, tmp_path):
+    # devpi-client narrows devpi- tokens with pypitoken before an upload, but
+    # pypitoken cannot read 1.x's key=value caveats: it warns and sends the
+    # token as it is.  That token must keep working.
+    from devpi.main import initmain
+    hub, _ = initmain(["devpi", "--clientdir", str(tmp_path / "client"), "getjson", "/"])
+    sent = hub.derive_token(TOKENS["plain"], "pkg-a")
+    assert sent == TOKENS["plain"]
+    assert v1srv.upload("alice/dev", "pkg-a", "3.5", basic("alice", sent)).status_code == 200
 
 
 # ---------------------------------------------------------------------------
@@ -352,6 +379,29 @@ def test_token_list_client_words_for_old_tokens(v1srv):
     assert entry["state"] == "expired"
 
 
+def test_token_list_text_marks_old_format(v1srv, capsys):
+    listed = v1srv.list_tokens("alice", ALICE_PASSWORD)
+    now = int(time.time())
+    _print_entry(list_entry(token_id("projects"), listed[token_id("projects")], now), now)
+    new = v1srv.create_token("alice", ALICE_PASSWORD)
+    new_id = Token.load(new).token_id
+    _print_entry(list_entry(new_id, v1srv.list_tokens("alice", ALICE_PASSWORD)[new_id], now), now)
+    old_text, new_text = capsys.readouterr().out.split(new_id)
+    assert "older devpi-tokens 1.x token" in old_text
+    assert "only projects: pkg-a" in old_text
+    assert "1.x" not in new_text
+
+
+def test_token_inspect_reads_old_tokens():
+    now = int(time.time())
+    data = inspect_data(Token.load(TOKENS["derived_twice"]), now)
+    assert (data["user"], data["id"]) == ("alice", token_id("plain"))
+    assert [r["description"] for r in data["restrictions"]] == [
+        "never expires", "only indexes: alice/dev",
+        "only projects: pkg-a", "only projects: pkg-b"]
+    assert inspect_data(Token.load(TOKENS["derived_expired"]), now)["state"] == "expired"
+
+
 def test_token_delete_removes_old_token_and_its_derivations(v1srv):
     tid = token_id("plain")
     r = v1srv.app.delete(
@@ -399,6 +449,20 @@ def test_cache_is_bounded():
     assert cache.get(b"other-base-key", salts[0]) != keys[0]
 
 
+def test_cache_derives_once_under_concurrent_requests():
+    cache = legacy_v1.KeyCache()
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get(b"base", b"s" * 32)))
+        for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(results)) == 1 and len(results) == 4
+    assert cache.derivations == 1
+
+
 @pytest.mark.parametrize("record", [
     {"key": "not base64!", "restrictions": []},
     {"key": "c2hvcnQ", "restrictions": []},  # 5 bytes: too short for a salt
@@ -423,7 +487,7 @@ def test_broken_old_record_refuses_its_token(v1srv):
 
 def test_old_tokens_need_the_old_secret(makexom, maketestapp, tmp_path):
     other = dict(V1, secret="Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5")
-    srv = make_v1_server(makexom, maketestapp, tmp_path, other)
+    srv = make_v1_server(makexom, maketestapp, tmp_path, other, projects=False)
     try:
         r = api_status(srv, basic("alice", TOKENS["plain"]))
         assert r.status_code == 401
