@@ -185,6 +185,20 @@ def test_old_derived_token_without_prefix(v1srv):
     assert "index 'alice/prod'" in r.text
 
 
+def test_1x_client_can_still_derive_from_a_new_token(v1srv):
+    # an old client's token-derive appends key=value caveats and prints the
+    # macaroon without the devpi- prefix (facts from 1.1.0, see the README)
+    new = Token.load(v1srv.create_token("alice", ALICE_PASSWORD))
+    macaroon = new.macaroon.copy()
+    macaroon.add_first_party_caveat("indexes=alice/dev")
+    macaroon.add_first_party_caveat("projects=pkg-a")
+    derived = macaroon.serialize()
+    assert not derived.startswith("devpi-")
+    assert v1srv.upload("alice/dev", "pkg-a", "6.0", basic("alice", derived)).status_code == 200
+    r = v1srv.upload("alice/dev", "pkg-b", "6.0", basic("alice", derived))
+    assert r.status_code == 403
+
+
 def pypitoken_narrowed(raw: str, project: str, now: int, lifetime: int = 60) -> str:
     """What devpi-client's upload narrowing appends, done with pypitoken."""
     token = pypitoken.Token.load(raw)
