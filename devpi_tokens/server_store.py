@@ -216,6 +216,25 @@ class TokenStore:
             del userconfig[TOKENS_FIELD][token_id]
         return True
 
+    def purge_expired(self, username: str, now: int) -> list[str]:
+        """Remove every token of a user that expired at or before ``now``.
+
+        Returns the removed ids, sorted.  Tokens that never expire stay.
+        Needs a write transaction; the user record is only rewritten when
+        something expired.
+        """
+        tokens = self._user_value(username).get(TOKENS_FIELD)
+        if not isinstance(tokens, Mapping):
+            return []
+        expired = sorted(
+            str(token_id) for token_id, record in tokens.items()
+            if isinstance(record, Mapping) and is_expired(record, now))
+        if expired:
+            with self.xom.keyfs.USER(user=username).update() as userconfig:
+                for token_id in expired:
+                    del userconfig[TOKENS_FIELD][token_id]
+        return expired
+
 
 def _int_or_none(value: Any) -> int | None:
     return value if type(value) is int else None
@@ -247,6 +266,16 @@ def public_info(record: Mapping[str, Any]) -> dict[str, Any]:
         # written by devpi-tokens 1.x: listings mark it as the older format
         info["format"] = "1.x"
     return info
+
+
+def is_expired(record: Mapping[str, Any], now: int) -> bool:
+    """True when the record's token can no longer be used because of time.
+
+    A token is valid while ``now < expires``; records without an expiry
+    (``"never"``) never expire.  1.x records are judged by their caveats.
+    """
+    expires = public_info(record)["expires"]
+    return expires is not None and now >= expires
 
 
 def _expiry_from_caveats(caveats: list[str]) -> int | None:

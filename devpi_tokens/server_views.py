@@ -1,7 +1,8 @@
 """HTTP endpoints: create, list and delete a user's tokens.
 
-``POST /<user>/+token-create``, ``GET /<user>/+tokens`` and
-``DELETE /<user>/+tokens/<id>``; answers in devpi's JSON style
+``POST /<user>/+token-create``, ``GET /<user>/+tokens``,
+``DELETE /<user>/+tokens/<id>`` and ``POST /<user>/+tokens-purge``
+(removes the user's expired tokens); answers in devpi's JSON style
 (``{"type": ..., "result": ...}``, errors as ``{"message": ...}``).
 """
 from __future__ import annotations
@@ -263,6 +264,10 @@ def token_list(request: Request) -> Response:
         return authorized
     username, _ = authorized
     tokens = get_store(request).list_tokens(username)
+    now = int(time.time())
+    for info in tokens.values():
+        # the server's clock decides; +tokens-purge removes exactly these
+        info["expired"] = info["expires"] is not None and now >= info["expires"]
     return _apiresult(200, result={"tokens": tokens}, type="tokens-info")
 
 
@@ -280,6 +285,23 @@ def token_delete(request: Request) -> Response:
     return _apiresult(200, f"token {token_id} of user {username} deleted")
 
 
+def token_purge(request: Request) -> Response:
+    """Remove every expired token of the user; answers how many went."""
+    authorized = _authorize(request, "purge")
+    if not isinstance(authorized, tuple):
+        return authorized
+    username, _ = authorized
+    removed = get_store(request).purge_expired(username, int(time.time()))
+    if removed:
+        request.log.info(
+            "purged %d expired token(s) of user %s (by %s): %s",
+            len(removed), username, request.authenticated_userid, ", ".join(removed))
+    plural = "" if len(removed) == 1 else "s"
+    return _apiresult(
+        200, f"removed {len(removed)} expired token{plural} of user {username}",
+        result={"removed": removed, "count": len(removed)}, type="tokens-purged")
+
+
 def method_not_allowed(request: Request) -> Response:
     return _apiresult(405, f"method {request.method} not allowed here")
 
@@ -289,6 +311,7 @@ ROUTES = (
     ("/{user}/+tokens", "/{user:[^+/]+}/+tokens", "GET", token_list),
     ("/{user}/+tokens/{token_id}", "/{user:[^+/]+}/+tokens/{token_id:[^/]+}", "DELETE",
      token_delete),
+    ("/{user}/+tokens-purge", "/{user:[^+/]+}/+tokens-purge", "POST", token_purge),
 )
 
 

@@ -74,7 +74,8 @@ def test_list_shows_public_fields_and_nothing_secret(alice):
     tokens = r.json["result"]["tokens"]
     assert list(tokens) == [token_id]
     info = tokens[token_id]
-    assert set(info) == {"restrictions", "description", "created", "expires"}
+    assert set(info) == {"restrictions", "description", "created", "expires", "expired"}
+    assert info["expired"] is False
     assert info["description"] == "deploy"
     assert info["expires"] == now + DAY
     assert now - 5 <= info["created"] <= now + 5
