@@ -197,9 +197,10 @@ class _Window(Restriction):
 
     def describe(self, now: int | None = None) -> str:
         parts = []
-        if self.not_before is not None:
+        # a start that has passed is noise once we know the time
+        if self.not_before is not None and (now is None or now < self.not_before):
             text = f"not valid before {format_time(self.not_before)}"
-            if now is not None and now < self.not_before:
+            if now is not None:
                 text += f" ({describe_relative(self.not_before, now)})"
             parts.append(text)
         if self.not_after is None:
