@@ -29,6 +29,7 @@ import time
 from pyramid.authorization import Everyone
 from pyramid.response import Response
 
+from . import server_replica
 from .restrictions import KNOWN_PERMISSIONS
 from .restrictions import Context
 from .restrictions import TokenError
@@ -156,10 +157,18 @@ def _authenticate(store: TokenStore, claimed_user: str, raw: str, now: int) -> T
     if "/" not in user:
         record = store.get_record(user, token_id)
     if record is None:
+        # on a replica: maybe not replicated yet, or the replica can't work
+        refusal = server_replica.refuse_unknown(store.xom, user, token_id)
+        if refusal is not None:
+            raise TokenRefused(*refusal)
         raise TokenRefused(
             401, f"token {token_id} of user '{user}' was deleted or never existed")
     key = store.key_for(user, token_id, record)
     if key is None or not token.verify_signature(key):
+        # on a replica: most likely not the primary's secret
+        refusal = server_replica.refuse_bad_signature(store.xom, user, token_id)
+        if refusal is not None:
+            raise TokenRefused(*refusal)
         raise TokenRefused(
             401, f"token {token_id} of user '{user}' has an invalid signature "
             "(the token was altered, or the server secret changed)")

@@ -11,6 +11,7 @@ from typing import Any
 from pluggy import HookimplMarker
 
 from . import server_enforce
+from . import server_replica
 from .server_enforce import STORE_KEY
 from .server_store import TokenStore
 from .server_store import secret_warning
@@ -34,6 +35,8 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     pyramid_config.include("devpi_tokens.server_views")
     pyramid_config.add_tween(
         TWEEN, under="devpi_server.views.tween_keyfs_transaction")
+    # replicas only: refusals for a replica that cannot verify or forward
+    server_replica.configure(pyramid_config, xom)
 
 
 @hookimpl
