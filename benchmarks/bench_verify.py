@@ -584,7 +584,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 def setup_server_data(port: int, ntokens: int, clients: int, max_requests: int,
-                      max_seconds: float) -> dict[str, Any]:
+                      max_seconds: float, pid: int | None = None) -> dict[str, Any]:
     """User with password, an index, and ``ntokens + 1`` tokens via the HTTP API.
 
     Before the tokens exist, measures (a) once: the user record grows with
@@ -598,7 +598,7 @@ def setup_server_data(port: int, ntokens: int, clients: int, max_requests: int,
         auth = {"X-Devpi-Auth": proxy}
         c.json("PUT", f"/{INDEX}", headers=auth, body={}, expect=(200, 201))
         before = {ep: load_loop(port, path, lambda i: {}, clients, max_requests, max_seconds,
-                                check_api="" if ep == "api" else None)
+                                check_api="" if ep == "api" else None, server_pid=pid)
                   for ep, path in ENDPOINTS.items()}
         t0 = time.perf_counter()
         tokens = [
@@ -657,13 +657,31 @@ def endpoint_verifies(port: int, path: str) -> bool:
     return status in (401, 403)
 
 
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process so far (Linux), else None."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load_loop(port: int, path: str, headers_for: Callable[[int], dict[str, str]],
               clients: int, max_requests: int, max_seconds: float,
-              check_api: str | None) -> dict[str, Any]:
-    """Requests/s of ``clients`` threads on ``path``, bounded in count and time."""
+              check_api: str | None, server_pid: int | None = None) -> dict[str, Any]:
+    """Requests/s of ``clients`` threads on ``path``, bounded in count and time.
+
+    Also the server's CPU time per request, which other load on the
+    machine disturbs far less than requests per second.
+    """
     counter = itertools.count()
     errors: list[str] = []
     done = [0] * clients
+    cpu_start = process_cpu_seconds(server_pid)
     start = time.perf_counter()
     deadline = start + max_seconds
 
@@ -695,11 +713,16 @@ def load_loop(port: int, path: str, headers_for: Callable[[int], dict[str, str]]
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
+    cpu_end = process_cpu_seconds(server_pid)
     if errors:
         raise RuntimeError(f"GET {path}: {errors[0]} ({len(errors)} errors)")
     total = sum(done)
+    cpu_us = None
+    if cpu_start is not None and cpu_end is not None and total:
+        cpu_us = round((cpu_end - cpu_start) / total * 1e6, 1)
     return {"requests": total, "seconds": round(elapsed, 3),
-            "rps": round(total / elapsed, 1) if elapsed else 0.0}
+            "rps": round(total / elapsed, 1) if elapsed else 0.0,
+            "server_cpu_us_per_request": cpu_us}
 
 
 def part_e2e(sizes: Sizes, clients: int = 2) -> dict[str, Any]:
@@ -709,7 +732,7 @@ def part_e2e(sizes: Sizes, clients: int = 2) -> dict[str, Any]:
     server = start_server(workdir / "server")
     try:
         tokens = setup_server_data(server.port, E2E_TOKENS, clients, sizes.e2e_requests,
-                                   sizes.e2e_seconds)
+                                   sizes.e2e_seconds, server.pid)
         check_auth(server.port, {}, None)
         check_auth(server.port, basic(USER, PASSWORD), USER)
         check_auth(server.port, basic("__token__", tokens["one"]), USER)
@@ -730,7 +753,8 @@ def part_e2e(sizes: Sizes, clients: int = 2) -> dict[str, Any]:
                     rnd[f"{ep}/{sc}"] = load_loop(
                         server.port, path, scenario_headers(sc, tokens), clients,
                         sizes.e2e_requests, sizes.e2e_seconds,
-                        check_api=(expect or "") if ep == "api" else None)
+                        check_api=(expect or "") if ep == "api" else None,
+                        server_pid=server.pid)
             res["rounds"].append(rnd)
         res["summary"] = summarize_e2e(res["rounds"])
         worst = min(res["summary"][f"{ep}/d_1000_tokens"]["ratio_median"] for ep in ENDPOINTS)
@@ -745,16 +769,28 @@ def part_e2e(sizes: Sizes, clients: int = 2) -> dict[str, Any]:
 
 
 def summarize_e2e(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median requests/s per cell, and each as a ratio to (a) of its own round."""
+    """Median requests/s per cell, and each as a ratio to (a) of its own round.
+
+    ``cpu_ratio`` is the same comparison made with the server's CPU time per
+    request: (a)'s CPU per request over this cell's.
+    """
     out = {}
     for cell in rounds[0]:
         ep = cell.split("/")[0]
         rps = [rnd[cell]["rps"] for rnd in rounds]
         ratios = [rnd[cell]["rps"] / rnd[f"{ep}/a_noauth"]["rps"] for rnd in rounds]
-        out[cell] = {"rps_median": round(statistics.median(rps), 1),
-                     "rps_rounds": rps,
-                     "ratio_median": round(statistics.median(ratios), 3),
-                     "ratio_min": round(min(ratios), 3)}
+        cpu = [rnd[cell]["server_cpu_us_per_request"] for rnd in rounds]
+        cpu_a = [rnd[f"{ep}/a_noauth"]["server_cpu_us_per_request"] for rnd in rounds]
+        summary = {"rps_median": round(statistics.median(rps), 1),
+                   "rps_rounds": rps,
+                   "ratio_median": round(statistics.median(ratios), 3),
+                   "ratio_min": round(min(ratios), 3),
+                   "server_cpu_us_median": None, "cpu_ratio_median": None}
+        if None not in cpu and None not in cpu_a and all(cpu):
+            summary["server_cpu_us_median"] = round(statistics.median(cpu), 1)
+            summary["cpu_ratio_median"] = round(
+                statistics.median([a / x for a, x in zip(cpu_a, cpu, strict=True)]), 3)
+        out[cell] = summary
     return out
 
 
@@ -762,7 +798,8 @@ def print_e2e(res: dict[str, Any]) -> None:
     print(f"\n== 3. end to end: devpi-server process on 127.0.0.1, {res['clients']} client "
           f"threads, {len(res['rounds'])} interleaved rounds ({res['tokens_created']} tokens "
           f"created in {res['create_seconds']} s)")
-    head = f"{'endpoint':<34} {'scenario':<15} {'req/s':>8} {'ratio to a':>10} {'min ratio':>9}"
+    head = (f"{'endpoint':<34} {'scenario':<15} {'req/s':>8} {'ratio to a':>10} "
+            f"{'min ratio':>9} | {'srv CPU us/req':>14} {'CPU ratio':>9}")
     print(head)
     print("-" * len(head))
     for cell, s in res["summary"].items():
@@ -770,9 +807,11 @@ def print_e2e(res: dict[str, Any]) -> None:
         info = res["endpoints"][ep]
         label = f"{ep} {info['path']}" + ("" if info["verifies_credentials"] else " (*)")
         print(f"{label:<34} {sc:<15} {s['rps_median']:>8} {s['ratio_median']:>10} "
-              f"{s['ratio_min']:>9}")
+              f"{s['ratio_min']:>9} | {s['server_cpu_us_median']!s:>14} "
+              f"{s['cpu_ratio_median']!s:>9}")
     for ep, cell in res["noauth_before_tokens"].items():
-        print(f"   {ep}: no auth before any token existed: {cell['rps']} req/s")
+        print(f"   {ep}: no auth before any token existed: {cell['rps']} req/s, "
+              f"{cell['server_cpu_us_per_request']} us server CPU per request")
     print("   b_password: devpi-server checks a password (argon2) only when a view asks who "
           "the user is (/+api does, the index page doesn't); the plugin checks a token on "
           "every request")
