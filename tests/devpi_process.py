@@ -161,6 +161,9 @@ def start_server(
       testing the "random secret" warning).
     - ``extra_args`` go to devpi-server (e.g. ``--restrict-modify root``,
       ``--primary-url URL`` for a replica, with ``init_args=["--role", "replica"]``).
+      A replica needs ``offline=False``: ``--offline-mode`` also blocks its
+      replication requests (devpi answers them with 503 locally).  The primary
+      needs ``--role primary`` to serve replication at all.
     """
     serverdir = Path(serverdir)
     if port is None:
