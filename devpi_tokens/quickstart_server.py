@@ -374,8 +374,9 @@ class Step:
         return proc
 
 
-def user_exists(url: str, user: str) -> bool:
-    req = urllib.request.Request(f"{url}/{user}", headers={"Accept": "application/json"})
+def exists(url: str, path: str) -> bool:
+    """True when ``url/path`` (a user or USER/INDEX) exists on the server."""
+    req = urllib.request.Request(f"{url}/{path}", headers={"Accept": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10):  # noqa: S310 (loopback)
             return True
@@ -388,7 +389,7 @@ def user_exists(url: str, user: str) -> bool:
 def demo_password(demo: DemoDir, url: str) -> tuple[str, bool]:
     """The demo user's password, and whether the user must be created."""
     path = demo.user_password_file(DEMO_USER)
-    if user_exists(url, DEMO_USER):
+    if exists(url, DEMO_USER):
         if not path.exists():
             raise QuickstartError(
                 f"user {DEMO_USER!r} exists on {url} but was not made by the demo "
@@ -493,7 +494,7 @@ def _demo_flow(demo: DemoDir, url: str, work: Path) -> None:
     step.title(f"log in as {DEMO_USER} with the password (needed to mint tokens)")
     step.run([devpi, "login", DEMO_USER, "--password", password])
     step.title(f"create a fresh index {index} with no PyPI base (works offline)")
-    if _index_exists(url, index):
+    if exists(url, index):
         step.run([devpi, "index", "-y", "--delete", index])
     step.run([devpi, "index", "-c", index, "bases=", "volatile=True"])
 
@@ -553,10 +554,6 @@ def _run_hello(step: Step, work: Path) -> None:
 def _token_id_of(path: Path) -> str:
     from .tokens import Token
     return Token.load(path.read_text().strip()).token_id
-
-
-def _index_exists(url: str, index: str) -> bool:
-    return user_exists(url, index)
 
 
 # --------------------------------------------------------------------------
