@@ -15,6 +15,10 @@ deleted together with the user::
         },
     }
 
+With :data:`COMPACT_RECORDS` set, each record is stored as the same object
+serialized to one compact JSON string (cheaper for devpi-server, which
+deep-copies user records); readers accept both layouts.
+
 A token's key is HMAC-SHA256 over the token's user, id and salt, keyed with a
 base key that devpi-server derives once from its secret (argon2, with our own
 label).  The salt is random, so a slow hash per token would buy nothing.
@@ -36,6 +40,7 @@ import hashlib
 import hmac
 import importlib
 import importlib.util
+import json
 import secrets
 import threading
 
@@ -70,6 +75,16 @@ SECRET_WARNING = (
     "token stops working when the server restarts. Create a secret with "
     "'devpi-gen-secret --secretfile PATH' and start devpi-server with "
     "'--secretfile PATH'.")
+
+#: Write each record as one compact JSON string instead of a dict.
+#: devpi-server deep-copies the whole user record on most requests to the
+#: user's indexes (``User.get()`` in ``getstage``): a string costs one
+#: reference there, a dict a walk over every field (about 13 times more).
+#: Readers accept both layouts, so this can change at any time.
+COMPACT_RECORDS = False
+
+#: Longest record text we parse (real records are a few hundred bytes).
+MAX_RECORD_TEXT = 65536
 
 #: Signature of the legacy seam: ``legacy_key(store, user, token_id, record)``
 #: returns the key of a record this module did not write, or None.
@@ -165,10 +180,7 @@ class TokenStore:
         tokens = self._user_value(username).get(TOKENS_FIELD)
         if not isinstance(tokens, Mapping):
             return None
-        record = tokens.get(token_id)
-        if not isinstance(record, Mapping):
-            return None
-        return record
+        return decode_record(tokens.get(token_id))
 
     def user_exists(self, username: str) -> bool:
         return self.xom.keyfs.USER(user=username).exists()
@@ -178,10 +190,11 @@ class TokenStore:
         tokens = self._user_value(username).get(TOKENS_FIELD)
         if not isinstance(tokens, Mapping):
             return {}
+        records = ((token_id, decode_record(value)) for token_id, value in tokens.items())
         return {
             str(token_id): public_info(record)
-            for token_id, record in tokens.items()
-            if isinstance(record, Mapping)}
+            for token_id, record in records
+            if record is not None}
 
     # -- writing -------------------------------------------------------------
 
@@ -204,7 +217,7 @@ class TokenStore:
             token_id = new_token_id()
             while token_id in tokens:
                 token_id = new_token_id()
-            tokens[token_id] = record
+            tokens[token_id] = encode_record(record) if COMPACT_RECORDS else record
         return Token.mint(
             username, token_id, self.derive_key(username, token_id, salt), restrictions)
 
@@ -226,14 +239,34 @@ class TokenStore:
         tokens = self._user_value(username).get(TOKENS_FIELD)
         if not isinstance(tokens, Mapping):
             return []
+        records = ((token_id, decode_record(value)) for token_id, value in tokens.items())
         expired = sorted(
-            str(token_id) for token_id, record in tokens.items()
-            if isinstance(record, Mapping) and is_expired(record, now))
+            str(token_id) for token_id, record in records
+            if record is not None and is_expired(record, now))
         if expired:
             with self.xom.keyfs.USER(user=username).update() as userconfig:
                 for token_id in expired:
                     del userconfig[TOKENS_FIELD][token_id]
         return expired
+
+
+def encode_record(record: Mapping[str, Any]) -> str:
+    """A record as one compact JSON string (see :data:`COMPACT_RECORDS`)."""
+    return json.dumps(dict(record), separators=(",", ":"), sort_keys=True)
+
+
+def decode_record(value: Any) -> Mapping[str, Any] | None:
+    """A stored record as a mapping, whichever layout; None if unusable."""
+    if isinstance(value, Mapping):
+        return value
+    if isinstance(value, str) and value[:1] == "{" and len(value) <= MAX_RECORD_TEXT:
+        try:
+            data = json.loads(value)
+        except ValueError:
+            return None
+        if isinstance(data, dict):
+            return data
+    return None
 
 
 def _int_or_none(value: Any) -> int | None:

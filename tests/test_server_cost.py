@@ -9,6 +9,7 @@ from devpi_tokens import server_enforce
 from devpi_tokens.restrictions import ProjectNames
 from devpi_tokens.server_store import KDF_V2
 from devpi_tokens.server_store import TokenStore
+from devpi_tokens.tokens import Token
 
 
 pytestmark = [pytest.mark.notransaction]
@@ -66,3 +67,47 @@ def test_verification_touches_only_its_record(crowded, monkeypatch):
     with store.xom.keyfs.read_transaction():
         server_enforce._authenticate(store, "alice", token.dump(), int(time.time()))
     assert touched == [token.token_id]
+
+
+@pytest.fixture
+def compact(monkeypatch):
+    from devpi_tokens import server_store
+    monkeypatch.setattr(server_store, "COMPACT_RECORDS", True)
+
+
+def test_compact_records_work_end_to_end(compact, alice):
+    from conftest import basic
+    from conftest import bearer
+    from devpi_tokens.server_store import encode_record
+
+    token = alice.create_token("alice", projects=["pkg"], description="compact")
+    token_id = Token.load(token).token_id
+    with alice.xom.keyfs.read_transaction():
+        stored = alice.xom.keyfs.USER(user="alice").get()["tokens"][token_id]
+    assert isinstance(stored, str)
+    assert alice.upload("alice/dev", "pkg", "1.0", bearer(token)).status_code == 200
+    assert alice.upload("alice/dev", "other", "1.0", bearer(token)).status_code == 403
+    assert alice.list_tokens("alice")[token_id]["description"] == "compact"
+    # an expired compact record is purged like a dict one
+    with alice.xom.keyfs.write_transaction():
+        with alice.xom.keyfs.USER(user="alice").update() as userconfig:
+            userconfig["tokens"]["0000000000"] = encode_record({
+                "kdf": KDF_V2, "salt": "A" * 43, "created": 1, "expires": 2,
+                "description": "", "restrictions": []})
+    r = alice.app.post("/alice/+tokens-purge", headers=basic("alice", "pw"))
+    assert r.json["result"]["removed"] == ["0000000000"]
+    alice.app.delete(f"/alice/+tokens/{token_id}", headers=basic("alice", "pw"))
+    assert alice.upload("alice/dev", "pkg", "1.1", bearer(token)).status_code == 401
+
+
+def test_unreadable_record_text_is_no_token(alice):
+    from conftest import bearer
+
+    token = alice.create_token("alice")
+    token_id = Token.load(token).token_id
+    with alice.xom.keyfs.write_transaction():
+        with alice.xom.keyfs.USER(user="alice").update() as userconfig:
+            userconfig["tokens"][token_id] = "{not json"
+    r = alice.upload("alice/dev", "pkg", "1.0", bearer(token))
+    assert r.status_code == 401
+    assert alice.list_tokens("alice") == {}
