@@ -850,12 +850,17 @@ def main(argv: list[str] | None = None) -> int:
             "clock_overhead_ns": _OVERHEAD_NS, "loadavg_start": _loadavg(),
         },
     }
+    print(f"devpi-tokens benchmark: Python {results['meta']['python']}, "
+          f"{os.cpu_count()} CPUs, load average {results['meta']['loadavg_start']}"
+          f"{' (--quick)' if args.quick else ''}")
     for part in args.parts.split(","):
         name, run, show = PARTS[part.strip()]
         kwargs = {"clients": args.clients} if name == "e2e" else {}
         results[name] = run(sizes, **kwargs)
         show(results[name])
     results["meta"]["loadavg_end"] = _loadavg()
+    print(f"\nload average at the end: {results['meta']['loadavg_end']} (other work on the "
+          "machine inflates times; compare ratios within one run)")
     path = args.json or HERE / "results" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
