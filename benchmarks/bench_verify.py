@@ -400,10 +400,12 @@ class InProcessServer:
                     while token_id in tokens:
                         token_id = new_token_id()
                     salt = secrets.token_bytes(ss.SALT_BYTES)
-                    tokens[token_id] = {
+                    record = {
                         "kdf": ss.KDF_V2, "salt": ss._b64(salt), "created": now,
                         "expires": window[0].not_after, "description": "",
                         "restrictions": [x.dump() for x in window]}
+                    compact = getattr(ss, "COMPACT_RECORDS", False)
+                    tokens[token_id] = ss.encode_record(record) if compact else record
                     if i < keep:
                         key = self.store.derive_key(USER, token_id, salt)
                         kept.append(Token.mint(USER, token_id, key, window).dump())
@@ -838,8 +840,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="1,2,3", help="comma-separated parts to run")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON")
     parser.add_argument("--clients", type=int, default=2, help="HTTP client threads (part 3)")
+    parser.add_argument(
+        "--compact-records", action="store_true",
+        help="part 2 only: store records as JSON strings (server_store.COMPACT_RECORDS)")
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
+    if args.compact_records:
+        from devpi_tokens import server_store
+        server_store.COMPACT_RECORDS = True
     global _OVERHEAD_NS
     _OVERHEAD_NS = _timer_overhead_ns()
     results: dict[str, Any] = {
@@ -847,6 +855,7 @@ def main(argv: list[str] | None = None) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": sys.version.split()[0], "platform": platform.platform(),
             "cpus": os.cpu_count(), "quick": args.quick, "sizes": sizes.__dict__,
+            "compact_records": args.compact_records,
             "clock_overhead_ns": _OVERHEAD_NS, "loadavg_start": _loadavg(),
         },
     }
