@@ -3,13 +3,14 @@
 
 Run from the repository root with the project's venv::
 
-    python benchmarks/bench_verify.py            # full run, about 10 minutes on 2 cores
+    python benchmarks/bench_verify.py            # full run, about 6 minutes on 2 cores
     python benchmarks/bench_verify.py --quick    # smaller samples, about 3 minutes
     tox -e bench                                 # the same as the full run
 
 Options: ``--parts 1,2,3`` picks parts, ``--json PATH`` names the JSON file
 (default ``benchmarks/results/bench-<time>.json``; that folder is ignored by
-git), ``--clients N`` sets the HTTP client threads of part 3 (default 2).
+git), ``--clients N`` sets the HTTP client threads of part 3 (default 2),
+``--compact-records`` runs part 2 with the store's JSON-string record layout.
 
 Three parts, all in one process except the server of part 3:
 
@@ -20,14 +21,18 @@ Three parts, all in one process except the server of part 3:
    (median and p99 in microseconds); memory is the tracemalloc peak of one
    verification.  Baselines measured in the same process: pymacaroons alone
    (deserialize + ``Verifier.verify``) and the bare HMAC-SHA256 chain.
-2. scaling: verification through the plugin's server code path against a
-   real devpi-server keyfs (``XOM`` built as devpi-server's own test fixtures
-   do), with 1, 100, 1,000 and 10,000 tokens stored for the user, and 1, 100
-   and 1,000 distinct tokens used round-robin.
+2. scaling: verification through the plugin's server code path
+   (``server_enforce._authenticate`` in a keyfs read transaction) against a
+   real devpi-server keyfs (``XOM`` built as devpi-server's ``main`` does),
+   with 1, 100, 1,000 and 10,000 tokens stored for the user, and 1, 100 and
+   1,000 distinct tokens used round-robin; plus whole in-process requests
+   (``/+api`` and the user's index page, without and with a token).
 3. e2e: requests per second against a real devpi-server process with the
    plugin on 127.0.0.1, on ``GET /+api`` and on an index page, with (a) no
    auth, (b) password basic auth, (c) one token, (d) 1,000 tokens round-robin;
-   each scenario as a ratio to (a) of the same round.
+   each scenario as a ratio to (a) of the same round, and the server
+   process's CPU time per request (from /proc), which load from other jobs
+   on the machine disturbs less.
 
 Targets (issue 6): cold 5-caveat verification under 200 us CPU; (d)/(a) at
 least 0.8; 10,000 stored tokens within 1.5x of 1; no verification allocating
