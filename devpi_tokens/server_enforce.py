@@ -130,6 +130,20 @@ def find_token(credentials: Any) -> tuple[str, str] | None:
     return None
 
 
+def refuse_impossible_username(credentials: Any) -> None:
+    """Refuse password credentials whose user name contains ``/``.
+
+    devpi-server 6.x looks such a name up in keyfs, which raises ValueError
+    (a 500 with a traceback in the log).  No user can have such a name, so
+    the answer is a plain 401 before devpi tries.
+    """
+    if not isinstance(credentials, tuple) or len(credentials) != 2:
+        return
+    username = credentials[0]
+    if isinstance(username, str) and "/" in username:
+        raise TokenRefused(401, "user names cannot contain '/'")
+
+
 def get_store(request: Request) -> TokenStore:
     return request.registry[STORE_KEY]
 

@@ -49,7 +49,9 @@ def devpiserver_get_credentials(request: Any) -> tuple[str, str] | None:
 def devpiserver_get_identity(request: Any, credentials: Any) -> Any:
     found = server_enforce.find_token(credentials)
     if found is None:
-        # not a token: devpi's normal password check handles it
+        # not a token: devpi's normal password check handles it, unless the
+        # user name would make devpi-server fail with a 500
+        server_enforce.refuse_impossible_username(credentials)
         return None
     return server_enforce.authenticate(request, *found)
 
