@@ -28,7 +28,10 @@ import json
 import logging
 import os
 import secrets
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -495,3 +498,22 @@ def test_client_offline_commands(tmp_path, data, kind, command, via_file):
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ")
     assert out == ""
+
+
+# ---------------------------------------------------------------------------
+# coverage-guided: atheris on the parser and the loader (optional)
+
+ATHERIS_RUNS = 30_000
+
+
+def test_atheris_parser_and_loader(tmp_path):
+    pytest.importorskip("atheris")
+    script = Path(__file__).with_name("fuzz_atheris.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), f"-runs={ATHERIS_RUNS}", "-max_len=4096",
+         "-timeout=10", "-rss_limit_mb=1024", f"-artifact_prefix={tmp_path}/"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "DEVPI_TOKENS_FUZZ_CORPUS": str(tmp_path / "corpus")})
+    STATS["atheris:runs"] += ATHERIS_RUNS
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Done {ATHERIS_RUNS} runs" in proc.stderr
