@@ -60,11 +60,17 @@ def _deserialize(body: str) -> Macaroon:
     if not body or not _BASE64URL.fullmatch(body):
         raise MalformedToken("token is not url-safe base64 text")
     try:
-        return _SERIALIZER.deserialize(body)
+        macaroon = _SERIALIZER.deserialize(body)
+        canonical = _SERIALIZER.serialize(macaroon)
     except Exception:  # noqa: BLE001
         # pymacaroons raises many kinds of errors on junk input (struct,
         # index, value, unicode errors); all mean the same to a user.
         raise MalformedToken("token could not be decoded as a macaroon") from None
+    # pymacaroons ignores bytes after the signature and spare base64 bits;
+    # one token must have exactly one spelling.
+    if canonical != body.rstrip("="):
+        raise MalformedToken("token has extra or altered data after its signature")
+    return macaroon
 
 
 def _identifier(macaroon: Macaroon) -> str:

@@ -219,6 +219,16 @@ def test_non_utf8_caveat_inside_a_token_fails_closed():
         Token.load(PREFIX + _b64(data))
 
 
+def test_trailing_data_after_the_signature_is_refused():
+    good = mint(r.ProjectNames(("foo",))).raw
+    with pytest.raises(MalformedToken, match="extra or altered data"):
+        Token.load(good + "AAAA")
+    for junk in ("A", "_w", "AAAAAAAA"):
+        with pytest.raises(MalformedToken):
+            Token.load(good + junk)
+    assert Token.load(good + "=").raw == good + "="
+
+
 def test_third_party_caveats_refused():
     macaroon = pymacaroons.Macaroon(
         location="", identifier="alice-abc", key=KEY, version=pymacaroons.MACAROON_V2)
