@@ -54,6 +54,8 @@ def test_other_username_with_valid_token_is_refused(alice, make_headers):
     assert r.status_code == 403
     assert r.json["message"] == "token belongs to user 'alice', not 'bob'"
     assert "token belongs to user 'alice'" in r.status
+    r = alice.upload("alice/dev", "pkg", "1.0", make_headers("bob", token))
+    assert r.status == "403 token belongs to user 'alice', not 'bob'"
 
 
 def test_password_still_works(alice):
