@@ -67,8 +67,10 @@ STATS: Counter = Counter()
 
 GENERIC_401 = "This server could not verify that you are authorized"
 
+# derandomize comes from the profile (tests/conftest.py): fixed seeds in CI,
+# fresh examples on developer machines
 FUZZ = settings(
-    deadline=None, derandomize=False, database=None,
+    deadline=None, database=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
         HealthCheck.data_too_large, HealthCheck.filter_too_much])
