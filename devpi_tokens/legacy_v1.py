@@ -1,7 +1,8 @@
 """Tokens minted by devpi-tokens 1.x: recognise their records, derive their keys.
 
 devpi-tokens 1.x kept each token in the user's record under ``"tokens"``,
-the same place this release uses::
+as a dict per token; this release leaves those records there (its own go
+into one JSON string, see :mod:`devpi_tokens.server_store`)::
 
     "tokens": {"<8 character id>": {"key": "<url-safe base64 of 32 random bytes>",
                                      "restrictions": ["expires=never", ...]}}

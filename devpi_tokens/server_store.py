@@ -1,37 +1,45 @@
 """Token records in devpi-server's own storage (keyfs), and their keys.
 
-Every token of a user lives in that user's record (``<user>/.config``), under
-``"tokens"``, next to the password hash, so it replicates, exports and is
-deleted together with the user::
+Every token of a user lives in that user's record (``<user>/.config``), next
+to the password hash, so it replicates, exports and is deleted together with
+the user.  Tokens minted by this release are kept in one field whose value is
+ONE compact JSON string, the user's token table::
 
-    "tokens": {
-        "<token id>": {
-            "kdf": "hmac-sha256",       # marks a record written by 2.x
-            "salt": "<url-safe base64, 32 random bytes>",
-            "created": <epoch int>,
-            "expires": <epoch int> | None,
-            "description": "<text>",
-            "restrictions": ["<caveat>", ...],   # as minted
-        },
-    }
+    "devpi_tokens": '{"<token id>":{"kdf":"hmac-sha256","salt":"<url-safe base64,
+                     32 random bytes>","created":<epoch>,"expires":<epoch>|null,
+                     "description":"<text>","restrictions":["<caveat>",...]},...}'
 
-With :data:`COMPACT_RECORDS` set, each record is stored as the same object
-serialized to one compact JSON string (cheaper for devpi-server, which
-deep-copies user records); readers accept both layouts.
+Why a string: devpi-server 6 deep-copies the whole user record
+(``User.get()`` in ``getstage``) on every request that opens one of the
+user's indexes, anonymous ones included.  Copying a string costs one
+reference however long it is; a table of dicts would be walked record by
+record (at 10,000 tokens an index page took 100 times longer).
+
+Readers parse the string once and keep the parsed, read-only table per user
+(:class:`TableCache`) for as long as keyfs hands back the same text; writers
+(create, delete, purge) parse it afresh inside their write transaction and
+store a new string.
+
+Records written by devpi-tokens 1.x stay where 1.x put them, as dicts under
+``"tokens"`` (``{"<id>": {"key": ..., "restrictions": [...]}}``).  They are
+found, listed, deleted and purged like ours but never rewritten, so a
+downgrade to 1.x still finds its own tokens.  Their ids (8 characters) and
+ours (10 hex digits) never collide.
 
 A token's key is HMAC-SHA256 over the token's user, id and salt, keyed with a
 base key that devpi-server derives once from its secret (argon2, with our own
 label).  The salt is random, so a slow hash per token would buy nothing.
-
-Records written by devpi-tokens 1.x have no ``"kdf"`` field and need a slow
-argon2 derivation; :meth:`TokenStore.key_for` hands them to
-``devpi_tokens.legacy_v1.legacy_key`` when that module exists.
+1.x records have no ``"kdf"`` field and need a slow argon2 derivation;
+:meth:`TokenStore.key_for` hands them to ``devpi_tokens.legacy_v1.legacy_key``
+when that module exists.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 from typing import Any
 import base64
@@ -63,8 +71,15 @@ if TYPE_CHECKING:
     from devpi_server.main import XOM
 
 
-#: Key of the token table inside a user record (the same key 1.x used).
-TOKENS_FIELD = "tokens"
+#: Field of the user record holding the token table of this release: one
+#: compact JSON string (see the module docstring).
+TABLE_FIELD = "devpi_tokens"
+
+#: Field where devpi-tokens 1.x kept its records, as dicts (read, not written).
+V1_FIELD = "tokens"
+
+#: Parsed token tables kept in memory, one per user (least recently used go).
+TABLE_CACHE_SIZE = 1024
 
 #: Marker of a record whose key is HMAC-SHA256(base key, user, id, salt).
 KDF_V2 = "hmac-sha256"
@@ -85,16 +100,6 @@ SECRET_WARNING = (
     "token stops working when the server restarts. Create a secret with "
     "'devpi-gen-secret --secretfile PATH' and start devpi-server with "
     "'--secretfile PATH'.")
-
-#: Write each record as one compact JSON string instead of a dict.
-#: devpi-server deep-copies the whole user record on most requests to the
-#: user's indexes (``User.get()`` in ``getstage``): a string costs one
-#: reference there, a dict a walk over every field (about 13 times more).
-#: Readers accept both layouts, so this can change at any time.
-COMPACT_RECORDS = False
-
-#: Longest record text we parse (real records are a few hundred bytes).
-MAX_RECORD_TEXT = 65536
 
 #: Signature of the legacy seam: ``legacy_key(store, user, token_id, record)``
 #: returns the key of a record this module did not write, or None.
@@ -128,6 +133,7 @@ class TokenStore:
         self.xom = xom
         self._base_key: bytes | None = None
         self._lock = threading.Lock()
+        self.tables = TableCache()
         self.legacy_key = legacy_key if legacy_key is not None else _load_legacy_key_func()
 
     # -- keys --------------------------------------------------------------
@@ -200,37 +206,56 @@ class TokenStore:
 
     def _user_value(self, username: str) -> Mapping[str, Any]:
         # keyfs hands out a read-only view of its cached value: no copy.
-        # (User.get() would deep-copy the whole record, every token included.)
+        # (User.get() would deep-copy the whole record.)
         return self.xom.keyfs.USER(user=username).get()
 
+    def _tables(
+        self, username: str,
+    ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """The user's token table (parsed, cached) and 1.x's table, both read-only."""
+        value = self._user_value(username)
+        text = value.get(TABLE_FIELD)
+        table = self.tables.get(username, text) if text is not None else EMPTY
+        v1_table = value.get(V1_FIELD)
+        return table, v1_table if isinstance(v1_table, Mapping) else EMPTY
+
     def get_record(self, username: str, token_id: str) -> Mapping[str, Any] | None:
-        """The read-only record of one token, or None.  Cost: O(1) in tokens."""
-        tokens = self._user_value(username).get(TOKENS_FIELD)
-        if not isinstance(tokens, Mapping):
-            return None
-        return decode_record(tokens.get(token_id))
+        """The read-only record of one token, or None.
+
+        Cost: O(1) in the number of tokens once the user's table is parsed
+        (after each change of it); nothing is copied.
+        """
+        table, v1_table = self._tables(username)
+        record = table.get(token_id)
+        if record is None:
+            record = v1_table.get(token_id)
+        return record if isinstance(record, Mapping) else None
 
     def user_exists(self, username: str) -> bool:
         return self.xom.keyfs.USER(user=username).exists()
 
     def list_tokens(self, username: str) -> dict[str, dict[str, Any]]:
-        """Public information of every token of a user; never a key or salt."""
-        tokens = self._user_value(username).get(TOKENS_FIELD)
-        if not isinstance(tokens, Mapping):
-            return {}
-        records = ((token_id, decode_record(value)) for token_id, value in tokens.items())
+        """Public information of every token of a user, oldest first; never a key or salt."""
         return {
             str(token_id): public_info(record)
-            for token_id, record in records
-            if record is not None}
+            for token_id, record in self._records(username)}
+
+    def _records(self, username: str) -> list[tuple[str, Mapping[str, Any]]]:
+        # 1.x's records first: they are older than any of ours
+        table, v1_table = self._tables(username)
+        return [
+            (token_id, record)
+            for source in (v1_table, table)
+            for token_id, record in source.items()
+            if isinstance(record, Mapping)]
 
     # -- writing -------------------------------------------------------------
 
-    def create(
-        self, username: str, restrictions: tuple[Restriction, ...], *,
+    def new_record(
+        self, restrictions: Sequence[Restriction], *,
         created: int, expires: int | None, description: str = "",
-    ) -> Token:
-        """Store a new token record and mint its token.  Needs a write transaction."""
+    ) -> tuple[dict[str, Any], bytes]:
+        """A record for a new token, and its salt (to derive the key from)."""
         salt = secrets.token_bytes(SALT_BYTES)
         record = {
             "kdf": KDF_V2,
@@ -240,12 +265,36 @@ class TokenStore:
             "description": description,
             "restrictions": [r.dump() for r in restrictions],
         }
+        return record, salt
+
+    def add_records(self, username: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Store records under new ids, with one rewrite of the table; the ids.
+
+        :meth:`create` stores one; tests and benchmarks store thousands at a
+        time with it.  Needs a write transaction.
+        """
+        ids = []
         with self.xom.keyfs.USER(user=username).update() as userconfig:
-            tokens = userconfig.setdefault(TOKENS_FIELD, {})
-            token_id = new_token_id()
-            while token_id in tokens:
+            table = writable_table(userconfig, username)
+            v1_table = userconfig.get(V1_FIELD)
+            taken = v1_table if isinstance(v1_table, Mapping) else {}
+            for record in records:
                 token_id = new_token_id()
-            tokens[token_id] = encode_record(record) if COMPACT_RECORDS else record
+                while token_id in table or token_id in taken:
+                    token_id = new_token_id()
+                table[token_id] = dict(record)
+                ids.append(token_id)
+            store_table(userconfig, table)
+        return ids
+
+    def create(
+        self, username: str, restrictions: tuple[Restriction, ...], *,
+        created: int, expires: int | None, description: str = "",
+    ) -> Token:
+        """Store a new token record and mint its token.  Needs a write transaction."""
+        record, salt = self.new_record(
+            restrictions, created=created, expires=expires, description=description)
+        (token_id,) = self.add_records(username, [record])
         return Token.mint(
             username, token_id, self.derive_key(username, token_id, salt), restrictions)
 
@@ -253,8 +302,7 @@ class TokenStore:
         """Remove a token record; False if there was none.  Needs a write transaction."""
         if self.get_record(username, token_id) is None:
             return False
-        with self.xom.keyfs.USER(user=username).update() as userconfig:
-            del userconfig[TOKENS_FIELD][token_id]
+        self._remove(username, [token_id])
         return True
 
     def purge_expired(self, username: str, now: int) -> list[str]:
@@ -264,37 +312,134 @@ class TokenStore:
         Needs a write transaction; the user record is only rewritten when
         something expired.
         """
-        tokens = self._user_value(username).get(TOKENS_FIELD)
-        if not isinstance(tokens, Mapping):
-            return []
-        records = ((token_id, decode_record(value)) for token_id, value in tokens.items())
         expired = sorted(
-            str(token_id) for token_id, record in records
-            if record is not None and is_expired(record, now))
+            str(token_id) for token_id, record in self._records(username)
+            if is_expired(record, now))
         if expired:
-            with self.xom.keyfs.USER(user=username).update() as userconfig:
-                for token_id in expired:
-                    del userconfig[TOKENS_FIELD][token_id]
+            self._remove(username, expired)
         return expired
 
+    def _remove(self, username: str, token_ids: Sequence[str]) -> None:
+        # from whichever table holds them; 1.x's records are dropped in place
+        with self.xom.keyfs.USER(user=username).update() as userconfig:
+            table = writable_table(userconfig, username)
+            v1_table = userconfig.get(V1_FIELD)
+            for token_id in token_ids:
+                table.pop(token_id, None)
+                if isinstance(v1_table, dict):
+                    v1_table.pop(token_id, None)
+            store_table(userconfig, table)
 
-def encode_record(record: Mapping[str, Any]) -> str:
-    """A record as one compact JSON string (see :data:`COMPACT_RECORDS`)."""
-    return json.dumps(dict(record), separators=(",", ":"), sort_keys=True)
+
+#: The table of a user without tokens.
+EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-def decode_record(value: Any) -> Mapping[str, Any] | None:
-    """A stored record as a mapping, whichever layout; None if unusable."""
-    if isinstance(value, Mapping):
-        return value
-    if isinstance(value, str) and value[:1] == "{" and len(value) <= MAX_RECORD_TEXT:
-        try:
-            data = json.loads(value)
-        except ValueError:
-            return None
-        if isinstance(data, dict):
-            return data
-    return None
+class TableCache:
+    """Parsed token tables of recently seen users: a bounded LRU, thread-safe.
+
+    keyfs hands every reader the user's table as the same string object
+    until the record changes, so an entry is reused when the text is the
+    one it was parsed from (identical, or else equal).  Parsed tables are
+    read-only (mapping proxies and tuples all the way down), so no caller
+    can change what other requests see.  One cache per server: two servers
+    in one process (tests) never share tables.
+    """
+
+    def __init__(self, size: int = TABLE_CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[str, Mapping[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.parses = 0  # how many texts were parsed; for tests and benchmarks
+
+    def get(self, username: str, text: Any) -> Mapping[str, Any]:
+        """The parsed, read-only table of ``text``, the value of the user's field."""
+        with self._lock:
+            entry = self._entries.get(username)
+        # compare outside the lock: equality of a long text takes a moment
+        if entry is not None and (entry[0] is text or entry[0] == text):
+            table = entry[1]
+        else:
+            table = parse_table(text)
+            with self._lock:
+                self.parses += 1
+        with self._lock:
+            if isinstance(text, str):
+                # keep the newest text object: the next reader gets it, and `is` holds
+                self._entries[username] = (text, table)
+                self._entries.move_to_end(username)
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return table
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+def _frozen(value: Any) -> Any:
+    # json's object_hook runs bottom-up: inner objects are frozen already
+    if isinstance(value, list):
+        return tuple(_frozen(item) for item in value)
+    return value
+
+
+def _frozen_object(pairs: dict[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType({key: _frozen(value) for key, value in pairs.items()})
+
+
+def parse_table(text: Any) -> Mapping[str, Any]:
+    """A stored table text as a read-only mapping; empty if it is unreadable."""
+    if not isinstance(text, str):
+        return EMPTY
+    try:
+        table = json.loads(text, object_hook=_frozen_object)
+    except (ValueError, RecursionError):
+        return EMPTY
+    return table if isinstance(table, Mapping) else EMPTY
+
+
+def dump_table(table: Mapping[str, Any]) -> str:
+    """A table as compact JSON; ids and fields keep their order (oldest first).
+
+    ASCII only, so whatever a description holds stores safely.
+    """
+    return json.dumps(table, separators=(",", ":"))
+
+
+def writable_table(userconfig: Mapping[str, Any], username: str) -> dict[str, Any]:
+    """The table in a user record being updated, parsed afresh and mutable."""
+    text = userconfig.get(TABLE_FIELD)
+    if text is None:
+        return {}
+    try:
+        table = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        table = None
+    if not isinstance(table, dict):
+        # its tokens were refused already (readers find nothing in it);
+        # say so, as the rewrite drops it
+        _log().warning(
+            "devpi-tokens: the token table of user %s is unreadable; it is replaced",
+            username)
+        return {}
+    return table
+
+
+def store_table(userconfig: dict[str, Any], table: Mapping[str, Any]) -> None:
+    """Put a table back into a user record being updated (no field when empty)."""
+    if table:
+        userconfig[TABLE_FIELD] = dump_table(table)
+    else:
+        userconfig.pop(TABLE_FIELD, None)
+
+
+def _log() -> Any:
+    from devpi_server.log import threadlog
+    return threadlog
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -308,7 +453,7 @@ def public_info(record: Mapping[str, Any]) -> dict[str, Any]:
     can never slip through.
     """
     raw = record.get("restrictions")
-    # keyfs hands out read-only sequence views, not lists
+    # keyfs views and parsed tables hold read-only sequences, not lists
     is_list = isinstance(raw, Sequence) and not isinstance(raw, (str, bytes))
     restrictions = [x for x in raw if isinstance(x, str)] if is_list else []
     if "expires" in record:

@@ -16,6 +16,8 @@ from hypothesis import settings
 from webtest.forms import Upload
 
 from devpi_tokens import server_hooks
+from devpi_tokens.server_enforce import STORE_KEY
+from devpi_tokens.server_store import TokenStore
 
 
 pytest_plugins = ["test_devpi_server.plugin"]
@@ -104,6 +106,20 @@ class TokenServer:
         r = self.app.get(f"/{user}/+tokens", headers=basic(user, password))
         assert r.status_code == 200, r.text
         return r.json["result"]["tokens"]
+
+    @property
+    def store(self) -> TokenStore:
+        """The token store this server's plugin uses."""
+        return self.app.app.app.registry[STORE_KEY]
+
+    def stored_record(self, user: str, token_id: str) -> dict[str, Any] | None:
+        """What the server keeps of a token (salt included), read through the store.
+
+        Tests use this instead of knowing where and how records are laid out.
+        """
+        with self.xom.keyfs.read_transaction():
+            record = self.store.get_record(user, token_id)
+            return None if record is None else dict(record)
 
     # package actions (with whatever headers the test gives)
 

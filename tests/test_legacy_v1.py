@@ -18,6 +18,7 @@ import time
 
 import pypitoken
 import pytest
+from devpi_server.readonly import get_mutable_deepcopy
 from conftest import JSON
 from conftest import TokenServer
 from conftest import basic
@@ -34,7 +35,10 @@ from devpi_tokens.restrictions import V1Indexes
 from devpi_tokens.restrictions import V1NotBefore
 from devpi_tokens.restrictions import V1Projects
 from devpi_tokens.restrictions import parse_caveat
+from devpi_tokens.restrictions import ValidityWindow
+from devpi_tokens.server_store import V1_FIELD
 from devpi_tokens.server_store import TokenStore
+from devpi_tokens.server_store import is_expired
 from devpi_tokens.tokens import Token
 
 
@@ -428,6 +432,48 @@ def test_token_delete_removes_old_token_and_its_derivations(v1srv):
         assert "was deleted or never existed" in r.json["message"]
     # the other old tokens are untouched
     assert_logged_in(v1srv, basic("alice", TOKENS["projects"]))
+
+
+def stored_v1_records(srv: TokenServer) -> Any:
+    """1.x's field of alice's record, as it sits in keyfs."""
+    with srv.xom.keyfs.read_transaction():
+        return get_mutable_deepcopy(srv.xom.keyfs.USER(user="alice").get()[V1_FIELD])
+
+
+def test_new_tokens_leave_old_records_where_1x_put_them(v1srv):
+    # a downgrade to 1.x must still find its own records, as 1.x wrote them
+    new = v1srv.create_token("alice", ALICE_PASSWORD)
+    other = v1srv.create_token("alice", ALICE_PASSWORD)
+    v1srv.app.delete(
+        f"/alice/+tokens/{Token.load(other).token_id}", headers=basic("alice", ALICE_PASSWORD))
+    assert stored_v1_records(v1srv) == RECORDS
+    assert set(v1srv.list_tokens("alice", ALICE_PASSWORD)) == {*RECORDS, Token.load(new).token_id}
+    # deleting an old token drops its record and nothing else
+    tid = token_id("projects")
+    v1srv.app.delete(f"/alice/+tokens/{tid}", headers=basic("alice", ALICE_PASSWORD))
+    assert stored_v1_records(v1srv) == {k: v for k, v in RECORDS.items() if k != tid}
+    assert_logged_in(v1srv, basic("alice", new))
+
+
+def test_purge_removes_expired_old_and_new_tokens(v1srv):
+    now = int(time.time())
+    old_expired = sorted(tid for tid, record in RECORDS.items() if is_expired(record, now))
+    assert old_expired == [token_id("short_lived")]
+    window = ValidityWindow(not_after=now - 60, not_before=now - 3600)
+    with v1srv.xom.keyfs.write_transaction():
+        new_expired = v1srv.store.create(
+            "alice", (window,), created=now - 3600, expires=now - 60).token_id
+    kept = v1srv.create_token("alice", ALICE_PASSWORD)
+    r = v1srv.app.post(
+        "/alice/+tokens-purge", headers={**basic("alice", ALICE_PASSWORD), **JSON})
+    assert r.status_code == 200, r.text
+    assert r.json["result"]["removed"] == sorted([*old_expired, new_expired])
+    assert stored_v1_records(v1srv) == {
+        k: v for k, v in RECORDS.items() if k not in old_expired}
+    assert set(v1srv.list_tokens("alice", ALICE_PASSWORD)) == (
+        set(RECORDS) - set(old_expired)) | {Token.load(kept).token_id}
+    assert_logged_in(v1srv, basic("alice", TOKENS["projects"]))
+    assert_logged_in(v1srv, basic("alice", kept))
 
 
 # ---------------------------------------------------------------------------

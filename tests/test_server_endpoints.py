@@ -81,9 +81,7 @@ def test_list_shows_public_fields_and_nothing_secret(alice):
     assert now - 5 <= info["created"] <= now + 5
     assert info["restrictions"] == [f"[0,{now + DAY},{info['created']}]", '[1,["foo"]]']
     # the salt is in keyfs, never in an answer
-    with alice.xom.keyfs.read_transaction():
-        record = alice.xom.keyfs.USER(user="alice").get()["tokens"][token_id]
-        salt = record["salt"]
+    salt = alice.stored_record("alice", token_id)["salt"]
     assert salt not in r.text
     assert "salt" not in r.text
     assert token not in r.text
