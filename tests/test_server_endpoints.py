@@ -274,7 +274,10 @@ def test_other_methods_get_405(alice):
     assert r.status_code == 405
 
 
+# Times far enough from the moment of import that a long test run can't
+# make "the future" the past before the test runs.
 NOW = int(time.time())
+DAY = 86400
 
 MALFORMED_BODIES = [
     ("{not json", "not valid JSON"),
@@ -285,14 +288,14 @@ MALFORMED_BODIES = [
     ({"colour": "blue"}, "unknown field(s) 'colour'"),
     ({"expires": "tomorrow"}, "'expires' must be an epoch timestamp"),
     ({"expires": "1893456000"}, "'expires' must be an epoch timestamp"),
-    ({"expires": float(NOW + 100)}, "'expires' must be an epoch timestamp"),
+    ({"expires": float(NOW + 10 * DAY)}, "'expires' must be an epoch timestamp"),
     ({"expires": True}, "'expires' must be an epoch timestamp"),
     ({"expires": None}, "'expires' must be an epoch timestamp"),
     ({"expires": 2 ** 64}, "out of range"),
     ({"expires": NOW - 10}, "is in the past"),
     ({"not_before": "now"}, "'not_before' must be an epoch timestamp"),
     ({"not_before": -1}, "out of range"),
-    ({"expires": NOW + 100, "not_before": NOW + 200}, "must be earlier than"),
+    ({"expires": NOW + 10 * DAY, "not_before": NOW + 20 * DAY}, "must be earlier than"),
     ({"projects": []}, "'projects' must not be an empty list"),
     ({"projects": "foo"}, "'projects' must be a list of strings"),
     ({"projects": [1]}, "'projects' must be a list of strings"),
