@@ -381,14 +381,19 @@ class TableCache:
 
 
 def _frozen(value: Any) -> Any:
-    # json's object_hook runs bottom-up: inner objects are frozen already
+    """``value`` read-only: lists become tuples, dicts mapping proxies.
+
+    Dicts are changed in place: they come fresh from ``json.loads`` and
+    nobody else holds them (and copying would double the objects kept).
+    """
     if isinstance(value, list):
         return tuple(_frozen(item) for item in value)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (list, dict)):
+                value[key] = _frozen(item)  # same keys: iterating stays valid
+        return MappingProxyType(value)
     return value
-
-
-def _frozen_object(pairs: dict[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType({key: _frozen(value) for key, value in pairs.items()})
 
 
 def parse_table(text: Any) -> Mapping[str, Any]:
@@ -396,10 +401,10 @@ def parse_table(text: Any) -> Mapping[str, Any]:
     if not isinstance(text, str):
         return EMPTY
     try:
-        table = json.loads(text, object_hook=_frozen_object)
+        table = json.loads(text)
     except (ValueError, RecursionError):
         return EMPTY
-    return table if isinstance(table, Mapping) else EMPTY
+    return _frozen(table) if isinstance(table, dict) else EMPTY
 
 
 def dump_table(table: Mapping[str, Any]) -> str:
