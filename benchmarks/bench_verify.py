@@ -9,8 +9,7 @@ Run from the repository root with the project's venv::
 
 Options: ``--parts 1,2,3`` picks parts, ``--json PATH`` names the JSON file
 (default ``benchmarks/results/bench-<time>.json``; that folder is ignored by
-git), ``--clients N`` sets the HTTP client threads of part 3 (default 2),
-``--compact-records`` runs part 2 with the store's JSON-string record layout.
+git), ``--clients N`` sets the HTTP client threads of part 3 (default 2).
 
 Three parts, all in one process except the server of part 3:
 
@@ -26,7 +25,10 @@ Three parts, all in one process except the server of part 3:
    real devpi-server keyfs (``XOM`` built as devpi-server's ``main`` does),
    with 1, 100, 1,000 and 10,000 tokens stored for the user, and 1, 100 and
    1,000 distinct tokens used round-robin; plus whole in-process requests
-   (``/+api`` and the user's index page, without and with a token).
+   (``/+api`` and the user's index page, without and with a token), and
+   what a write costs at each size: creating and deleting one token (each
+   rewrites the user's token table) and the first verification after a
+   write (it parses the table once; later ones reuse it).
 3. e2e: requests per second against a real devpi-server process with the
    plugin on 127.0.0.1, on ``GET /+api`` and on an index page, with (a) no
    auth, (b) password basic auth, (c) one token, (d) 1,000 tokens round-robin;
@@ -349,6 +351,7 @@ def _print_targets(targets: dict[str, dict[str, Any]]) -> None:
 
 STORED = (1, 100, 1000, 10000)
 DISTINCT = (1, 100, 1000)
+WRITE_ROUNDS = 5  # one-token creations (and deletions) timed per row
 
 
 class InProcessServer:
@@ -387,34 +390,45 @@ class InProcessServer:
         """Store ``count`` more token records in one write transaction.
 
         Returns the token strings of the first ``keep`` of them and the
-        seconds it took.  Records are laid out exactly as the store's
-        ``create`` lays them out (one ``create`` per token would rewrite the
-        whole user record each time); a layout change makes the
-        verification below refuse these tokens, so the benchmark stops.
+        seconds it took.  Records are made and stored by the store itself
+        (``new_record``, ``add_records``), in one rewrite of the user's
+        table (one ``create`` per token would rewrite it each time).
         """
-        from devpi_tokens import server_store as ss
-
         window = (r.ValidityWindow(now + 365 * 86400, now),)
-        kept = []
+        made = [self.store.new_record(window, created=now, expires=window[0].not_after)
+                for _ in range(count)]
         t0 = time.perf_counter()
         with self.xom.keyfs.write_transaction():
-            with self.xom.keyfs.USER(user=USER).update() as userconfig:
-                tokens = userconfig.setdefault(ss.TOKENS_FIELD, {})
-                for i in range(count):
-                    token_id = new_token_id()
-                    while token_id in tokens:
-                        token_id = new_token_id()
-                    salt = secrets.token_bytes(ss.SALT_BYTES)
-                    record = {
-                        "kdf": ss.KDF_V2, "salt": ss._b64(salt), "created": now,
-                        "expires": window[0].not_after, "description": "",
-                        "restrictions": [x.dump() for x in window]}
-                    compact = getattr(ss, "COMPACT_RECORDS", False)
-                    tokens[token_id] = ss.encode_record(record) if compact else record
-                    if i < keep:
-                        key = self.store.derive_key(USER, token_id, salt)
-                        kept.append(Token.mint(USER, token_id, key, window).dump())
-        return kept, time.perf_counter() - t0
+            ids = self.store.add_records(USER, [record for record, _ in made])
+        seconds = time.perf_counter() - t0
+        kept = [
+            Token.mint(USER, token_id, self.store.derive_key(USER, token_id, salt), window).dump()
+            for token_id, (_, salt) in zip(ids[:keep], made, strict=False)]
+        return kept, seconds
+
+    def write_costs(self, rounds: int, used: str, now: int) -> dict[str, Any]:
+        """CPU time of creating and deleting one token, each in its own write
+        transaction, and of the first verification after a write."""
+        window = (r.ValidityWindow(now + 365 * 86400, now),)
+        clock = time.thread_time_ns
+        create, first_verify, delete = [], [], []
+        gc.collect()
+        for _ in range(rounds):
+            t0 = clock()
+            with self.xom.keyfs.write_transaction():
+                token = self.store.create(
+                    USER, window, created=now, expires=window[0].not_after)
+            t1 = clock()
+            self.verify(used)
+            t2 = clock()
+            with self.xom.keyfs.write_transaction():
+                self.store.delete(USER, token.token_id)
+            t3 = clock()
+            create.append(t1 - t0)
+            first_verify.append(t2 - t1)
+            delete.append(t3 - t2)
+        return {"create_one": stats_us(create), "delete_one": stats_us(delete),
+                "first_verify_after_write": stats_us(first_verify)}
 
     def verify(self, raw: str) -> None:
         """The plugin's per-request check, in its own read transaction."""
@@ -481,6 +495,7 @@ def part_scaling(sizes: Sizes) -> dict[str, Any]:
                 row["verify_d1"]["median_us"] - row["empty_read_tx"]["median_us"], 2)
             n = max(20, sizes.scale_samples // 10)
             row.update(_wsgi_cells(srv, used[:min(stored, max(DISTINCT))], n))
+            row.update(srv.write_costs(WRITE_ROUNDS, used[0], now))
             res["rows"][str(stored)] = row
     finally:
         srv.close()
@@ -536,6 +551,12 @@ def print_scaling(res: dict[str, Any]) -> None:
     print("   tx: an empty keyfs read transaction (every request opens one anyway); verify "
           "includes one")
     print("   create s: seconds to store that many more records in one write transaction")
+    print("   per write (CPU ms, median): each create or delete rewrites the user's token "
+          "table; the next verification parses it once")
+    for stored, row in res["rows"].items():
+        print(f"   {stored:>6} stored: create one {row['create_one']['median_us'] / 1000:.2f}, "
+              f"delete one {row['delete_one']['median_us'] / 1000:.2f}, first verification "
+              f"after a write {row['first_verify_after_write']['median_us'] / 1000:.2f}")
     _print_targets(res["targets"])
 
 
@@ -845,14 +866,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="1,2,3", help="comma-separated parts to run")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON")
     parser.add_argument("--clients", type=int, default=2, help="HTTP client threads (part 3)")
-    parser.add_argument(
-        "--compact-records", action="store_true",
-        help="part 2 only: store records as JSON strings (server_store.COMPACT_RECORDS)")
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
-    if args.compact_records:
-        from devpi_tokens import server_store
-        server_store.COMPACT_RECORDS = True
     global _OVERHEAD_NS
     _OVERHEAD_NS = _timer_overhead_ns()
     results: dict[str, Any] = {
@@ -860,7 +875,6 @@ def main(argv: list[str] | None = None) -> int:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "python": sys.version.split()[0], "platform": platform.platform(),
             "cpus": os.cpu_count(), "quick": args.quick, "sizes": sizes.__dict__,
-            "compact_records": args.compact_records,
             "clock_overhead_ns": _OVERHEAD_NS, "loadavg_start": _loadavg(),
         },
     }
