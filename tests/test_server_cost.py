@@ -237,7 +237,14 @@ def test_parsed_tables_are_read_only(alice):
         table = store.tables.get("alice", alice.xom.keyfs.USER(user="alice").get()[TABLE_FIELD])
         with pytest.raises(TypeError):
             table["forged"] = {}
-        assert store.get_record("alice", token_id) is record
+        with pytest.raises(TypeError):
+            table[token_id]["expires"] = None
+        for _, listed in table.items():
+            with pytest.raises(TypeError):
+                listed["kdf"] = "other"
+    # nothing above changed what the next reader gets
+    assert alice.stored_record("alice", token_id) == dict(record)
+    assert alice.list_tokens("alice")[token_id]["restrictions"] == list(record["restrictions"])
 
 
 def test_users_tables_do_not_mix(alice):
