@@ -231,7 +231,8 @@ def test_describe_in_words():
     assert window.describe(NOW) == "valid until 2027-01-16 07:00 UTC (in 23 hours)"
     assert window.describe() == (
         "not valid before 2027-01-15 07:59 UTC, valid until 2027-01-16 07:00 UTC")
-    assert window.describe(NOW - 120).startswith("not valid before 2027-01-15 07:59 UTC (in 1 minute)")
+    assert window.describe(NOW - 120).startswith(
+        "not valid before 2027-01-15 07:59 UTC (in 1 minute)")
     assert "expired at" in window.describe(NOW + 2 * 86400)
     assert "2 days ago" in window.describe(NOW + 23 * 3600 + 2 * 86400)
     assert r.Indexes(("a/b",)).describe() == "only indexes: a/b"
