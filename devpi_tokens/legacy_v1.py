@@ -33,9 +33,6 @@ import threading
 
 import argon2
 
-from .restrictions import MalformedCaveat
-from .restrictions import Restriction
-from .restrictions import parse_caveat
 
 
 if TYPE_CHECKING:
@@ -178,18 +175,7 @@ def legacy_key(
     return key_cache.get(store.base_key, salt)
 
 
-def v1_restrictions(record: Mapping[str, Any]) -> tuple[Restriction, ...] | None:
-    """The restrictions a 1.x record lists, parsed; None if one is unreadable."""
-    raw = record.get("restrictions")
-    if not isinstance(raw, (list, tuple)):
-        return None
-    try:
-        return tuple(parse_caveat(item) for item in raw)
-    except MalformedCaveat:
-        return None
-
-
 __all__ = [
     "V1_SALT_FIELD", "V1_FORMAT", "CACHE_SIZE", "KeyCache", "key_cache",
-    "is_v1_record", "v1_salt", "derive_v1_key", "legacy_key", "v1_restrictions",
+    "is_v1_record", "v1_salt", "derive_v1_key", "legacy_key",
 ]
