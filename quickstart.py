@@ -10,6 +10,7 @@ Everything is installed into ``.venv`` beside this file on first use.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -64,6 +65,8 @@ def run_child(args: list[str], env: dict[str, str]) -> int:
     (devpi-server closes its storage), so we keep waiting instead of killing it.
     """
     proc = subprocess.Popen(args, cwd=HERE, env=env)
+    # `kill PID` of this script must not orphan the server: pass it on
+    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
     while True:
         try:
             return proc.wait()

@@ -101,6 +101,8 @@ def plugin_active(url: str) -> bool:
 def port_in_use(port: int) -> bool:
     import socket
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as devpi-server binds: a port left in TIME_WAIT by a stopped server is free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
@@ -196,18 +198,22 @@ def wait_until_up(proc: subprocess.Popen, url: str, timeout: float = 60) -> None
         time.sleep(0.1)
 
 
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 20) -> None:
-    """Stop ``proc`` by its PID: ``sig`` first, SIGKILL if it lingers."""
-    if proc.poll() is None:
+def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Stop ``proc`` by its PID: SIGINT (devpi-server's clean shutdown), then
+    SIGTERM (where SIGINT is ignored, as in a shell's background job), then
+    SIGKILL if it still lingers."""
+    for sig, wait in ((signal.SIGINT, 5), (signal.SIGTERM, timeout), (signal.SIGKILL, None)):
+        if proc.poll() is not None:
+            return
         try:
             os.kill(proc.pid, sig)
         except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 # --------------------------------------------------------------------------
