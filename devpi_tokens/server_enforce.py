@@ -9,13 +9,18 @@ How a request with a token flows through devpi-server:
 2. :func:`authenticate` (called from the identity hook, once per request)
    checks the token: record, key, signature, validity window and user.  It
    returns a :class:`TokenIdentity` or raises :class:`TokenRefused` (401/403
-   with a reason).
+   with a reason).  A token string already verified against the very same
+   record object skips loading and the signature check (see
+   :class:`~.server_store.VerifiedTokens`); the record lookup and every
+   restriction check still run on each request.
 3. :func:`denials` (from ``devpiserver_auth_denials``) runs whenever devpi
    builds an ACL: every permission the token's restrictions refuse for this
    request is denied, and so is every ``user_*`` permission.
 4. :func:`token_tween_factory` verifies the token before any view runs, turns
    a refusal into a response, and replaces devpi's generic 401/403 with the
-   token's reason when one of our denials caused it.
+   token's reason when one of our denials caused it.  The credentials it
+   extracts are kept on the request for devpi's identity lookup, so the
+   headers are decoded once.
 """
 from __future__ import annotations
 
@@ -32,8 +37,10 @@ from pyramid.response import Response
 from . import server_replica
 from .restrictions import KNOWN_PERMISSIONS
 from .restrictions import Context
+from .restrictions import Restriction
 from .restrictions import TokenError
 from .restrictions import check_all
+from .server_store import VerifiedToken
 from .tokens import Token
 from .tokens import looks_like_token
 
@@ -82,11 +89,13 @@ class TokenIdentity:
     The identity lives as long as its request (devpi caches it per request).
     """
 
-    def __init__(self, token: Token, now: int) -> None:
-        self.username = token.user
+    def __init__(
+        self, user: str, token_id: str, restrictions: tuple[Restriction, ...], now: int,
+    ) -> None:
+        self.username = user
         self.groups: list[str] = []
-        self.token_id = token.token_id
-        self.restrictions = token.restrictions
+        self.token_id = token_id
+        self.restrictions = restrictions
         self.now = now
         #: reason of the last permission check our denials refused
         self.last_denial: str | None = None
@@ -162,14 +171,40 @@ def authenticate(request: Request, claimed_user: str, raw: str) -> TokenIdentity
 
 
 def _authenticate(store: TokenStore, claimed_user: str, raw: str, now: int) -> TokenIdentity:
+    user, token_id, restrictions = _verified(store, raw)
+    if claimed_user not in ANY_USER_NAMES and claimed_user != user:
+        raise TokenRefused(403, f"token belongs to user '{user}', not '{claimed_user}'")
+    # Restrictions that hold whatever the request does: validity window,
+    # user, PyPI project ids.  The rest waits for the permission checks.
+    result = check_all(restrictions, Context(user=user, now=now))
+    if not result:
+        raise TokenRefused(401, result.reason)
+    return TokenIdentity(user, token_id, restrictions, now)
+
+
+def _verified(store: TokenStore, raw: str) -> tuple[str, str, tuple[Restriction, ...]]:
+    """User, id and restrictions of a token signed with its record's current key.
+
+    A token string verified before against the very same record object
+    (see :class:`~.server_store.VerifiedTokens`) skips loading and the
+    signature check; anything else is checked in full, and only a
+    success is remembered.
+    """
+    cached = store.verified.get(raw)
+    if cached is not None:
+        _, handle = store.find_record(cached.user, cached.token_id)
+        if handle is not None and handle is cached.record:
+            return cached.user, cached.token_id, cached.restrictions
+        # deleted or rewritten since: forget it, and check it all again
+        store.verified.discard(raw)
     try:
         token = Token.load(raw)
     except TokenError as exc:
         raise TokenRefused(401, f"malformed token: {exc}") from None
     user, token_id = token.user, token.token_id
-    record = None
+    record, handle = None, None
     if "/" not in user:
-        record = store.get_record(user, token_id)
+        record, handle = store.find_record(user, token_id)
     if record is None:
         # on a replica: maybe not replicated yet, or the replica can't work
         refusal = server_replica.refuse_unknown(store.xom, user, token_id)
@@ -186,14 +221,9 @@ def _authenticate(store: TokenStore, claimed_user: str, raw: str, now: int) -> T
         raise TokenRefused(
             401, f"token {token_id} of user '{user}' has an invalid signature "
             "(the token was altered, or the server secret changed)")
-    if claimed_user not in ANY_USER_NAMES and claimed_user != user:
-        raise TokenRefused(403, f"token belongs to user '{user}', not '{claimed_user}'")
-    # Restrictions that hold whatever the request does: validity window,
-    # user, PyPI project ids.  The rest waits for the permission checks.
-    result = check_all(token.restrictions, Context(user=user, now=now))
-    if not result:
-        raise TokenRefused(401, result.reason)
-    return TokenIdentity(token, now)
+    if handle is not None:
+        store.verified.put(raw, VerifiedToken(user, token_id, token.restrictions, handle))
+    return user, token_id, token.restrictions
 
 
 # ---------------------------------------------------------------------------
@@ -362,9 +392,26 @@ def refusal_response(request: Request, status: int, reason: str) -> Response:
     return response
 
 
+#: Request attribute holding the credentials of a token request, as the
+#: tween extracted them (see :func:`_request_has_token`).
+CREDENTIALS_ATTR = "_devpi_tokens_credentials"
+
+
 def _request_has_token(request: Request) -> bool:
     hook = request.registry["xom"].config.hook
-    return find_token(hook.devpiserver_get_credentials(request=request)) is not None
+    credentials = hook.devpiserver_get_credentials(request=request)
+    if find_token(credentials) is None:
+        return False
+    # devpi's identity lookup asks the credential hooks again; our first
+    # hook hands it these, so the headers are decoded once per request.
+    # Only token requests: password logins go through devpi untouched.
+    setattr(request, CREDENTIALS_ATTR, credentials)
+    return True
+
+
+def extracted_credentials(request: Any) -> tuple[str, str] | None:
+    """The credentials :func:`_request_has_token` found on this request, if any."""
+    return getattr(request, CREDENTIALS_ATTR, None)
 
 
 def token_tween_factory(handler, registry):

@@ -39,6 +39,12 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     server_replica.configure(pyramid_config, xom)
 
 
+@hookimpl(specname="devpiserver_get_credentials", tryfirst=True)
+def reuse_extracted_credentials(request: Any) -> tuple[str, str] | None:
+    # the token tween already extracted this request's credentials
+    return server_enforce.extracted_credentials(request)
+
+
 @hookimpl
 def devpiserver_get_credentials(request: Any) -> tuple[str, str] | None:
     # Authorization: Bearer <token>; devpi's own hooks only know basic auth

@@ -18,7 +18,10 @@ record (at 10,000 tokens an index page took 100 times longer).
 Readers parse the string once and keep the parsed, read-only table per user
 (:class:`TableCache`) for as long as keyfs hands back the same text; writers
 (create, delete, purge) parse it afresh inside their write transaction and
-store a new string.
+store a new string.  Read transactions at the same keyfs serial share the
+tables found there without asking keyfs again (:class:`SnapshotCache`), and
+token strings whose signature checked out against a record are remembered
+with that record object (:class:`VerifiedTokens`).
 
 Records written by devpi-tokens 1.x stay where 1.x put them, as dicts under
 ``"tokens"`` (``{"<id>": {"key": ..., "restrictions": [...]}}``).  They are
@@ -43,6 +46,7 @@ from collections.abc import Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import NamedTuple
 import base64
 import binascii
 import hashlib
@@ -81,6 +85,13 @@ V1_FIELD = "tokens"
 
 #: Parsed token tables kept in memory, one per user (least recently used go).
 TABLE_CACHE_SIZE = 1024
+
+#: Verified token strings kept (:class:`VerifiedTokens`): at most this many,
+VERIFIED_CACHE_SIZE = 4096
+#: of at most this many characters in all,
+VERIFIED_CACHE_CHARS = 2 * 1024 * 1024
+#: and none longer than this (about 80 caveats; a new token has ~120 characters).
+VERIFIED_TOKEN_MAX_CHARS = 4096
 
 #: Marker of a record whose key is HMAC-SHA256(base key, user, id, salt).
 KDF_V2 = "hmac-sha256"
@@ -135,6 +146,8 @@ class TokenStore:
         self._base_key: bytes | None = None
         self._lock = threading.Lock()
         self.tables = TableCache()
+        self.snapshots = SnapshotCache()
+        self.verified = VerifiedTokens()
         self.legacy_key = legacy_key if legacy_key is not None else _load_legacy_key_func()
 
     # -- keys --------------------------------------------------------------
@@ -210,15 +223,35 @@ class TokenStore:
         # (User.get() would deep-copy the whole record.)
         return self.xom.keyfs.USER(user=username).get()
 
-    def _tables(
-        self, username: str,
-    ) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    def _tables(self, username: str) -> Tables:
         """The user's token table (parsed, cached) and 1.x's table, both read-only."""
+        serial = self._read_serial()
+        if serial is not None:
+            tables = self.snapshots.get(username, serial)
+            if tables is not None:
+                return tables
         value = self._user_value(username)
         text = value.get(TABLE_FIELD)
         table = self.tables.get(username, text) if text is not None else EMPTY
         v1_table = value.get(V1_FIELD)
-        return table, v1_table if isinstance(v1_table, Mapping) else EMPTY
+        tables = (table, v1_table if isinstance(v1_table, Mapping) else EMPTY)
+        if serial is not None:
+            self.snapshots.put(username, serial, tables)
+        return tables
+
+    def _read_serial(self) -> int | None:
+        """The serial a read transaction sees; None in a write transaction.
+
+        keyfs never changes what a serial holds: every commit makes a new
+        serial.  So the user's value read at a serial can be reused by any
+        later read transaction at that same serial.  A write transaction
+        may hold uncommitted changes of its own: no reuse there.
+        """
+        tx = getattr(self.xom.keyfs, "tx", None)
+        if tx is None or getattr(tx, "write", True):
+            return None
+        serial = getattr(tx, "at_serial", None)
+        return serial if type(serial) is int else None
 
     def get_record(self, username: str, token_id: str) -> Mapping[str, Any] | None:
         """The read-only record of one token, or None.
@@ -226,11 +259,28 @@ class TokenStore:
         Cost: O(1) in the number of tokens once the user's table is parsed
         (after each change of it); nothing is copied.
         """
+        return self.find_record(username, token_id)[0]
+
+    def find_record(
+        self, username: str, token_id: str,
+    ) -> tuple[Mapping[str, Any] | None, object | None]:
+        """The read-only record of one token (or None), and its handle.
+
+        The handle is the object that holds the record inside the user's
+        parsed table: the same object for as long as the record stays
+        unchanged, a different one after any write of the user's table
+        (see :class:`VerifiedTokens`).  1.x records have no handle (None).
+        """
         table, v1_table = self._tables(username)
         record = table.get(token_id)
+        handle = None
         if record is None:
             record = v1_table.get(token_id)
-        return record if isinstance(record, Mapping) else None
+        elif isinstance(table, Table):
+            handle = table.stored(token_id)
+        if not isinstance(record, Mapping):
+            return None, None
+        return record, handle
 
     def user_exists(self, username: str) -> bool:
         return self.xom.keyfs.USER(user=username).exists()
@@ -350,6 +400,13 @@ class Table(Mapping[str, Any]):
         record = self._records[token_id]
         return MappingProxyType(record) if type(record) is dict else record
 
+    def stored(self, token_id: str) -> object | None:
+        """The object that holds a record in this table (not a copy, not a view).
+
+        Only for identity checks (``is``); nobody may change it.
+        """
+        return self._records.get(token_id)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._records)
 
@@ -397,6 +454,131 @@ class TableCache:
                 while len(self._entries) > self.size:
                     self._entries.popitem(last=False)
         return table
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class VerifiedToken(NamedTuple):
+    """What a successful signature check established about one token string."""
+
+    user: str
+    token_id: str
+    restrictions: tuple[Restriction, ...]
+    #: handle of the record the signature was checked against
+    #: (:meth:`TokenStore.find_record`)
+    record: object
+
+
+class VerifiedTokens:
+    """Token strings whose signature was verified: a bounded LRU, thread-safe.
+
+    Loading a token and checking its signature is most of what a warm
+    request with a token costs.  An entry lets a later request with the
+    *same* token string skip both, under these rules (enforced by
+    ``server_enforce``):
+
+    - only a token whose signature checked out is stored, never a failure;
+    - the entry names the record handle the key was derived from; a later
+      request looks the record up again and uses the entry only if the
+      handle is the very same object.  A deleted token has no record any
+      more; any write of the user's token table makes new handles.  So a
+      revocation (or a changed record) takes effect at once;
+    - restrictions are still checked on every request (time, user, and
+      what the request does): the entry holds them, not their outcome.
+
+    The key is the full token string, so a hit is exactly the string that
+    was verified.  Entries hold no key or salt.  Long tokens are not kept,
+    and the total length of the kept strings is bounded too.
+    """
+
+    def __init__(
+        self, size: int = VERIFIED_CACHE_SIZE, max_chars: int = VERIFIED_CACHE_CHARS,
+    ) -> None:
+        self.size = size
+        self.max_chars = max_chars
+        self._entries: OrderedDict[str, VerifiedToken] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, raw: str) -> VerifiedToken | None:
+        with self._lock:
+            entry = self._entries.get(raw)
+            if entry is not None:
+                self._entries.move_to_end(raw)
+            return entry
+
+    def put(self, raw: str, entry: VerifiedToken) -> None:
+        if len(raw) > VERIFIED_TOKEN_MAX_CHARS or self.size <= 0:
+            return
+        with self._lock:
+            if raw in self._entries:
+                self._entries.move_to_end(raw)
+                self._entries[raw] = entry
+                return
+            self._entries[raw] = entry
+            self._chars += len(raw)
+            while len(self._entries) > self.size or self._chars > self.max_chars:
+                old, _ = self._entries.popitem(last=False)
+                self._chars -= len(old)
+
+    def discard(self, raw: str) -> None:
+        with self._lock:
+            if self._entries.pop(raw, None) is not None:
+                self._chars -= len(raw)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._chars = 0
+
+
+#: A user's token tables: ours (parsed) and 1.x's, both read-only.
+Tables = tuple[Mapping[str, Any], Mapping[str, Any]]
+
+
+class SnapshotCache:
+    """Token tables of recently seen users as of a keyfs serial: a bounded LRU.
+
+    Reading the user record through keyfs costs more than everything else
+    a warm verification does (devpi-server measures the size of the value
+    on every read, even from its own cache).  What a serial holds never
+    changes, so the tables found at serial S serve every read transaction
+    at S; any commit (a token created or deleted, or anything else) makes
+    a new serial, and the next reader reads keyfs again.  Revocation
+    therefore takes effect for every transaction that starts after it,
+    exactly as without this cache.
+    """
+
+    def __init__(self, size: int = TABLE_CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[int, Tables]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, username: str, serial: int) -> Tables | None:
+        with self._lock:
+            entry = self._entries.get(username)
+            if entry is None or entry[0] != serial:
+                return None
+            self._entries.move_to_end(username)
+            return entry[1]
+
+    def put(self, username: str, serial: int, tables: Tables) -> None:
+        with self._lock:
+            entry = self._entries.get(username)
+            if entry is not None and entry[0] > serial:
+                return  # an older transaction: keep the newer snapshot
+            self._entries[username] = (serial, tables)
+            self._entries.move_to_end(username)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)
