@@ -24,7 +24,10 @@ Three parts, all in one process except the server of part 3:
    (``server_enforce._authenticate`` in a keyfs read transaction) against a
    real devpi-server keyfs (``XOM`` built as devpi-server's ``main`` does),
    with 1, 100, 1,000 and 10,000 tokens stored for the user, and 1, 100 and
-   1,000 distinct tokens used round-robin; plus whole in-process requests
+   1,000 distinct tokens used round-robin (with the plugin's caches: the
+   user's tables per keyfs serial and verified token strings), the same
+   with those caches off (*nocache*: a token's first use); plus whole
+   in-process requests
    (``/+api`` and the user's index page, without and with a token), and
    what a write costs at each size: creating and deleting one token (each
    rewrites the user's token table) and the first verification after a
@@ -45,6 +48,7 @@ This is not part of the test suite; no token, key or salt is ever printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import base64
 import binascii
 import gc
@@ -67,6 +71,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from typing import Callable
+from typing import Iterator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -437,6 +442,20 @@ class InProcessServer:
         if identity.username != USER:
             raise AssertionError("token verified as the wrong user")
 
+    @contextlib.contextmanager
+    def caches_off(self) -> Iterator[None]:
+        """Nothing remembered between verifications: the full check every time."""
+        caches = (self.store.snapshots, self.store.verified)
+        sizes = [cache.size for cache in caches]
+        for cache in caches:
+            cache.size = 0
+            cache.clear()
+        try:
+            yield
+        finally:
+            for cache, size in zip(caches, sizes, strict=True):
+                cache.size = size
+
     def empty_transaction(self, _: Any = None) -> None:
         """What every request pays for its keyfs transaction anyway."""
         with self.xom.keyfs.read_transaction():
@@ -496,6 +515,13 @@ def part_scaling(sizes: Sizes) -> dict[str, Any]:
             n = max(20, sizes.scale_samples // 10)
             row.update(_wsgi_cells(srv, used[:min(stored, max(DISTINCT))], n))
             row.update(srv.write_costs(WRITE_ROUNDS, used[0], now))
+            # the same verifications with the plugin's caches off: each reads
+            # the user's tables from keyfs, loads the token and checks its
+            # signature (what a token's first use costs).  Last in the row:
+            # the caches start empty afterwards.
+            items = [used[i % min(stored, max(DISTINCT))] for i in range(sizes.scale_samples)]
+            with srv.caches_off():
+                row["verify_nocache"] = stats_us(time_each(srv.verify, items))
             res["rows"][str(stored)] = row
     finally:
         srv.close()
@@ -504,7 +530,7 @@ def part_scaling(sizes: Sizes) -> dict[str, Any]:
     first, last = rows[str(STORED[0])], rows[str(STORED[-1])]
     res["ratios_largest_smallest"] = {
         name: _ratio(last[name], first[name])
-        for name in ("verify_d1", "wsgi_api_noauth", "wsgi_api_token",
+        for name in ("verify_d1", "verify_nocache", "wsgi_api_noauth", "wsgi_api_token",
                      "wsgi_index_noauth", "wsgi_index_token")}
     res["ratios_largest_smallest"]["verify_d1000_vs_d1_at_max"] = _ratio(
         last["verify_d1000"], last["verify_d1"])
@@ -531,6 +557,7 @@ def print_scaling(res: dict[str, Any]) -> None:
     print("\n== 2. scaling: the plugin's check (record, key, signature, window) in a keyfs "
           "read transaction, and whole in-process requests (CPU us, median)")
     head = (f"{'stored':>6} | {'tx':>5} {'verify 1':>8} {'v 100':>7} {'v 1000':>7} {'p99 1000':>8} "
+            f"{'nocache':>7} "
             f"{'peak KiB':>8} | {'api':>6} {'api+tok':>7} | {'index':>7} {'idx+tok':>7} "
             f"{'idx KiB':>8} | {'create s':>8}")
     print(head)
@@ -541,6 +568,7 @@ def print_scaling(res: dict[str, Any]) -> None:
         print(f"{stored:>6} | {cell('empty_read_tx'):>5} {cell('verify_d1'):>8} "
               f"{cell('verify_d100'):>7} "
               f"{cell('verify_d1000'):>7} {cell('verify_d1000', 'p99_us'):>8} "
+              f"{cell('verify_nocache'):>7} "
               f"{row['verify_memory']['peak_max_bytes'] / 1024:>8.1f} | "
               f"{cell('wsgi_api_noauth'):>6} {cell('wsgi_api_token'):>7} | "
               f"{cell('wsgi_index_noauth'):>7} {cell('wsgi_index_token'):>7} "
@@ -550,6 +578,9 @@ def print_scaling(res: dict[str, Any]) -> None:
     print(f"   ratio 10,000 stored / 1 stored: {ratios}")
     print("   tx: an empty keyfs read transaction (every request opens one anyway); verify "
           "includes one")
+    print("   verify: with the plugin's caches (tables per keyfs serial, verified token "
+          "strings); nocache: the full check every time (a token's first use), "
+          "round-robin over up to 1,000 tokens")
     print("   create s: seconds to store that many more records in one write transaction")
     print("   per write (CPU ms, median): each create or delete rewrites the user's token "
           "table; the next verification parses it once")
