@@ -262,3 +262,14 @@ def make_wheel(directory: Path, name: str, version: str = "1.0") -> Path:
         for path, text in files.items():
             zf.writestr(path, text)
     return wheel
+
+
+def assert_one_line_error(proc, *fragments):
+    """Every error: non-zero exit, exactly one line on stderr, no traceback."""
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

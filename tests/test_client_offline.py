@@ -16,6 +16,7 @@ import pypitoken
 import pytest
 
 from devpi_process import DevpiClient
+from devpi_process import assert_one_line_error
 from devpi_process import bin_path
 from devpi_process import free_port
 from devpi_tokens.restrictions import Allowed
@@ -53,17 +54,6 @@ def token_file(tmp_path):
         path.write_text(raw)
         return str(path)
     return write
-
-
-def assert_one_line_error(proc, *fragments):
-    """Every error: non-zero exit, exactly one line on stderr, no traceback."""
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def inspect_json(client, raw: str) -> dict:

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from devpi_process import DevpiClient
+from devpi_process import assert_one_line_error
 from devpi_process import make_wheel
 from devpi_process import start_server
 from devpi_tokens.restrictions import ProjectNames
@@ -71,16 +72,6 @@ def create(client, *args) -> tuple[str, object]:
     proc = client.run("token-create", *args)
     assert len(proc.stdout.splitlines()) == 1, proc.stdout  # stdout: the token alone
     return proc.stdout.strip(), proc
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def stored_auth(client) -> str:
