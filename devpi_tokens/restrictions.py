@@ -704,11 +704,6 @@ def not_before_of(restrictions: Iterable[Restriction]) -> int | None:
     return max(starts) if starts else None
 
 
-def is_legacy_v1(restriction: Restriction) -> bool:
-    """True for the ``key=value`` caveats devpi-tokens 1.x wrote."""
-    return isinstance(restriction, (V1Expires, V1NotBefore, V1Projects, V1Indexes, V1Allowed))
-
-
 __all__ = [
     "KNOWN_PERMISSIONS", "READ_PERMISSIONS", "USER_PERMISSIONS", "MAX_CAVEAT_LENGTH",
     "TokenError", "MalformedCaveat", "MalformedToken",
@@ -716,6 +711,6 @@ __all__ = [
     "ValidityWindow", "ProjectNames", "ProjectIDs", "UserName", "Indexes", "Allowed",
     "LegacyNoop", "LegacyProjectNames", "LegacyDate",
     "V1Expires", "V1NotBefore", "V1Projects", "V1Indexes", "V1Allowed",
-    "parse_caveat", "validated", "check_all", "expiry_of", "not_before_of", "is_legacy_v1",
+    "parse_caveat", "validated", "check_all", "expiry_of", "not_before_of",
     "format_time", "describe_relative", "normalize_project",
 ]
