@@ -56,16 +56,9 @@ import importlib.util
 import json
 import secrets
 import threading
-import time
 
-from .restrictions import Allowed
-from .restrictions import Context
-from .restrictions import Indexes
 from .restrictions import MalformedCaveat
-from .restrictions import ProjectNames
 from .restrictions import Restriction
-from .restrictions import ValidityWindow
-from .restrictions import check_all
 from .restrictions import expiry_of
 from .restrictions import parse_caveat
 from .tokens import Token
@@ -103,9 +96,6 @@ BASE_KEY_LABEL = b"devpi-tokens"
 _KEY_CONTEXT = b"devpi-tokens v2 token key\x00"
 
 SALT_BYTES = 32
-
-#: Rounds of the startup warm-up (a few milliseconds in all).
-WARM_UP_ROUNDS = 20
 
 SECRET_WARNING = (
     "devpi-server runs without a persistent secret (no --secretfile), so every "
@@ -168,26 +158,8 @@ class TokenStore:
         return key
 
     def warm_up(self) -> None:
-        """Pay the one-time costs at startup instead of on the first request.
-
-        Derives the base key (argon2), then runs a throwaway token with a
-        random key through mint, load, signature check and restriction
-        checks: first use of those code paths costs several times a warm
-        verification.
-        """
+        """Derive the base key (argon2) at startup, not on the first token request."""
         self.base_key  # noqa: B018 - computing the property is the point
-        now = int(time.time())
-        key = self.derive_key("warm-up", "0", secrets.token_bytes(SALT_BYTES))
-        restrictions = (
-            ValidityWindow(not_after=now + 60, not_before=now),
-            ProjectNames(("warm-up",)), Indexes(("warm-up/index",)), Allowed(("upload",)))
-        raw = Token.mint("warm-up", "0", key, restrictions).dump()
-        ctx = Context(user="warm-up", now=now, permission="upload")
-        # a few rounds: Python specializes code only after several calls
-        for _ in range(WARM_UP_ROUNDS):
-            token = Token.load(raw)
-            token.verify_signature(self.derive_key("warm-up", "0", b"salt"))
-            check_all(token.restrictions, ctx)
 
     def derive_key(self, username: str, token_id: str, salt: bytes) -> bytes:
         """The key of one 2.x token: HMAC-SHA256 over user, id and salt."""
