@@ -48,6 +48,7 @@ from .restrictions import format_time
 from .restrictions import normalize_project
 from .restrictions import not_before_of
 from .restrictions import parse_caveat
+from .restrictions import validated
 from .tokens import Token
 
 hookimpl = HookimplMarker("devpiclient")
@@ -491,9 +492,9 @@ def _subset_check(kind: str, wanted: list[str], existing: list[tuple[str, ...]],
 
 
 def _checked(restriction: Restriction) -> Restriction:
-    """Round-trip through the shared parser, so only valid caveats are written."""
+    """Held to the shared rules (round trip, project names), so only valid caveats go out."""
     try:
-        return parse_caveat(restriction.dump())
+        return validated(restriction)
     except MalformedCaveat as exc:
         raise ClientError(str(exc)) from None
 
@@ -509,9 +510,13 @@ def _derive_window(token: Token, args: argparse.Namespace, now: int) -> list[Res
                 "-e never: a derived token cannot outlive the token it comes from")
         end = _parse_expires(args.expires, now, allow_never=False)
         if current_end is not None and end > current_end:
-            raise ClientError(
-                f"cannot widen the token: it expires at {format_time(current_end)}, "
-                f"-e {args.expires!r} would be later ({format_time(end)})")
+            # Not an error: every caveat is checked, so a later expiry
+            # cannot widen the token; the parent's end simply stays in force.
+            _stderr_line(
+                f"note: the token already expires at {format_time(current_end)} "
+                f"({describe_relative(current_end, now)}), before -e {args.expires!r}; "
+                "that earlier expiry still applies")
+            end = current_end
     start = current_start if current_start is not None else now - CLOCK_SKEW
     if args.not_before is not None:
         start = _parse_time("--not-before", args.not_before, now, False)

@@ -95,15 +95,20 @@ def _restrictions(macaroon: Macaroon) -> tuple[Restriction, ...]:
     return tuple(result)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Token:
     """A loaded token: who it belongs to, its id and its restrictions."""
 
     user: str
     token_id: str
     restrictions: tuple[Restriction, ...]
-    raw: str
+    # the token string is a secret: never in a repr, str or log line
+    raw: str = field(repr=False)
     macaroon: Macaroon = field(repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        caveats = ", ".join(r.dump() for r in self.restrictions)
+        return f"<Token {self.user}-{self.token_id} [{caveats}]>"
 
     @classmethod
     def load(cls, raw: str) -> Token:

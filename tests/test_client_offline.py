@@ -27,6 +27,7 @@ from devpi_tokens.restrictions import UserName
 from devpi_tokens.restrictions import V1Expires
 from devpi_tokens.restrictions import V1Projects
 from devpi_tokens.restrictions import ValidityWindow
+from devpi_tokens.restrictions import format_time
 from devpi_tokens.tokens import Token
 
 KEY = b"test-key-for-offline-client-tests-0123456789"
@@ -327,7 +328,6 @@ def test_derive_narrower_lists_are_fine(client):
 
 @pytest.mark.parametrize(("restrictions", "args", "message"), [
     ((), (), "nothing to restrict"),
-    ((window(days=30),), ("-e", "60d"), "cannot widen the token: it expires at"),
     ((window(days=30),), ("-e", "never"), "cannot outlive"),
     ((window(days=30),), ("-e", "1 fortnight"), "cannot understand"),
     ((window(days=30),), ("-e", "90"), "is in the past (did you mean '90d'?)"),
@@ -343,11 +343,32 @@ def test_derive_narrower_lists_are_fine(client):
     ((), ("-a", "user_modify"), "unknown permission user_modify"),
     ((), ("-i", "dev"), "index 'dev' is not of the form 'user/index'"),
     ((), ("-p", "a,,b"), "empty name"),
+    ((), ("-p", "foo bar"), "'foo bar' is not a valid project name"),
+    ((), ("-p", "foo-\u212a"), "is not a valid project name"),
 ])
 def test_derive_errors(client, restrictions, args, message):
     proc = client.fails("token-derive", "--token", mint(*restrictions), *args)
     assert_one_line_error(proc, "error:", message)
     assert proc.stdout == ""
+
+
+def test_derive_later_expiry_keeps_parents_and_says_so(client):
+    """A day asked of a token with 23 h 59 min left: not an error, nothing widened."""
+    now = int(time.time())
+    parent_end = now + DAY - 60
+    raw = mint(ValidityWindow(not_after=parent_end, not_before=now - 10))
+    derived, proc = derive(client, raw, "-e", "1 day", "-p", "foo")
+    assert "that earlier expiry still applies" in proc.stderr
+    assert format_time(parent_end) in proc.stderr
+    token = Token.load(derived)
+    assert token.expires == parent_end
+    # every window the derived token carries ends no later than the parent's
+    ends = [r.not_after for r in token.restrictions if isinstance(r, ValidityWindow)]
+    assert max(ends) == parent_end
+    inspected = json.loads(client.run("token-inspect", "--token", derived, "--json").stdout)
+    assert inspected["expires"] == parent_end
+    words = client.run("token-inspect", "--token", derived).stdout
+    assert "expires in 23 hours" in words
 
 
 def test_derive_needs_no_server(client, tmp_path):
