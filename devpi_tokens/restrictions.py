@@ -12,6 +12,7 @@ invalid.  Checking never raises; it answers :data:`SUCCESS` or a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field
 from datetime import datetime
 from datetime import timezone
 from typing import Any
@@ -20,6 +21,8 @@ from typing import ClassVar
 from typing import Iterable
 import json
 import re
+
+from devpi_common.validation import normalize_name
 
 
 class TokenError(Exception):
@@ -99,8 +102,27 @@ def describe_relative(ts: int, now: int) -> str:
 
 
 def normalize_project(name: str) -> str:
-    """PEP 503 normalized form of a project name."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    """A project name as devpi-server compares it.
+
+    devpi-server stores and looks up projects under
+    ``devpi_common.validation.normalize_name`` (every run of characters
+    outside ``[A-Za-z0-9]`` becomes ``-``, then lower case), so a restriction
+    must compare with exactly that function: any other folding (PEP 503's
+    ``[-_.]``, or ``str.lower`` on non-ASCII letters such as the KELVIN SIGN)
+    would let a name match here and name another project there.
+    """
+    return normalize_name(name)
+
+
+#: PEP 508 distribution names (ASCII letters and digits, inner ``._-``).
+_PROJECT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+
+
+def project_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot go into a project restriction, or None if it can."""
+    if not _PROJECT_NAME.fullmatch(name):
+        return f"{name!r} is not a valid project name (PEP 508: letters, digits, '.', '_', '-')"
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -146,6 +168,7 @@ class Context:
     permission: str | None = None
     indexes: tuple[str, ...] = ()
     project: str | None = None
+    bases_of: Callable[[str], Iterable[str]] | None = field(default=None, compare=False)
 
     @property
     def is_read(self) -> bool:
@@ -248,9 +271,14 @@ class _IndexSet(Restriction):
                 f"token is restricted to indexes {_names(self.indexes)} "
                 f"and cannot be used for '{ctx.permission}' outside them")
         for index in ctx.indexes:
-            if index not in self.indexes:
+            if index not in self.indexes and not self._inherited(index, ctx):
                 return Failure(f"token not valid for index '{index}'")
         return SUCCESS
+
+    def _inherited(self, index: str, ctx: Context) -> bool:
+        if ctx.permission != "pkg_read" or ctx.bases_of is None:
+            return False
+        return any(index in ctx.bases_of(allowed) for allowed in self.indexes)
 
     def describe(self, now: int | None = None) -> str:
         return f"only indexes: {_names(self.indexes)}"
@@ -670,7 +698,8 @@ def parse_caveat(caveat: str | bytes) -> Restriction:
 
 
 def validated(restriction: Restriction) -> Restriction:
-    """Return ``restriction`` if it writes a caveat that parses back to itself.
+    """Return ``restriction`` if it writes a caveat that parses back to itself
+    and, for project restrictions, names only valid (PEP 508) project names.
 
     Builders (the server's create endpoint, the client's derive) call this
     so a value made from user input is held to exactly the same rules as a
@@ -678,6 +707,11 @@ def validated(restriction: Restriction) -> Restriction:
     """
     if parse_caveat(restriction.dump()) != restriction:
         raise MalformedCaveat(f"restriction {restriction.dump()!r} does not round-trip")
+    if isinstance(restriction, _ProjectSet):
+        for name in restriction.names:
+            problem = project_name_problem(name)
+            if problem:
+                raise MalformedCaveat(problem)
     return restriction
 
 
@@ -712,5 +746,5 @@ __all__ = [
     "LegacyNoop", "LegacyProjectNames", "LegacyDate",
     "V1Expires", "V1NotBefore", "V1Projects", "V1Indexes", "V1Allowed",
     "parse_caveat", "validated", "check_all", "expiry_of", "not_before_of",
-    "format_time", "describe_relative", "normalize_project",
+    "format_time", "describe_relative", "normalize_project", "project_name_problem",
 ]

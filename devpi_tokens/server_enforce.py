@@ -13,10 +13,14 @@ How a request with a token flows through devpi-server:
    record object skips loading and the signature check (see
    :class:`~.server_store.VerifiedTokens`); the record lookup and every
    restriction check still run on each request.
-3. :func:`denials` (from ``devpiserver_auth_denials``) runs whenever devpi
+3. :func:`refuse_unreadable_body` (after routing, before the view) answers
+   400 when a token request's body names its project or target index in a
+   way we cannot read exactly as devpi-server will (see :mod:`server_target`).
+4. :func:`denials` (from ``devpiserver_auth_denials``) runs whenever devpi
    builds an ACL: every permission the token's restrictions refuse for this
-   request is denied, and so is every ``user_*`` permission.
-4. :func:`token_tween_factory` verifies the token before any view runs, turns
+   request is denied, and so is every ``user_*`` permission.  Reading is
+   allowed on the bases of an allowed index; writing only on the index.
+5. :func:`token_tween_factory` verifies the token before any view runs, turns
    a refusal into a response, and replaces devpi's generic 401/403 with the
    token's reason when one of our denials caused it.  The credentials it
    extracts are kept on the request for devpi's identity lookup, so the
@@ -36,11 +40,16 @@ from pyramid.response import Response
 
 from . import server_replica
 from .restrictions import KNOWN_PERMISSIONS
+from .restrictions import READ_PERMISSIONS
 from .restrictions import Context
 from .restrictions import Restriction
 from .restrictions import TokenError
 from .restrictions import check_all
+from .server_log import log
 from .server_store import VerifiedToken
+from .server_target import Target
+from .server_target import has_body_target
+from .server_target import request_target
 from .tokens import Token
 from .tokens import looks_like_token
 
@@ -56,21 +65,12 @@ STORE_KEY = "devpi_tokens.store"
 #: Usernames that mean "the token's own user" in basic auth.
 ANY_USER_NAMES = frozenset({"", "__token__"})
 
-#: Longest JSON body we parse to find a push's project and target index.
-MAX_PUSH_BODY = 1024 * 1024
-
 USER_PERMISSION_REASON = (
     "a token cannot be used for '{permission}': tokens never change users, "
     "passwords or tokens; log in with the password instead")
 
-_INDEX_POST_ROUTES = frozenset({"/{user}/{index}", "/{user}/{index}/"})
-_FILE_ROUTES = frozenset({"/{user}/{index}/+f/{relpath:.*}", "/{user}/{index}/+e/{relpath:.*}"})
-_FORM_TYPES = frozenset({"multipart/form-data", "application/x-www-form-urlencoded"})
-
-
-def _log():
-    from devpi_server.log import threadlog
-    return threadlog
+#: Reason of every write refused because the body could not be read.
+UNREADABLE_REASON = "the request body cannot be read the way devpi-server reads it: {why}"
 
 
 class TokenRefused(Exception):
@@ -99,7 +99,20 @@ class TokenIdentity:
         self.now = now
         #: reason of the last permission check our denials refused
         self.last_denial: str | None = None
-        self._target: tuple[str | None, tuple[str, ...]] | None = None
+        self._target: Target | None = None
+        self._bases: dict[str, frozenset[str]] = {}
+
+    def target(self, request: Request) -> Target:
+        """What the request acts on, read once per request."""
+        if self._target is None:
+            self._target = request_target(request)
+        return self._target
+
+    def bases_of(self, request: Request, index: str) -> frozenset[str]:
+        """The indexes ``index`` inherits from, recursively (once per request)."""
+        if index not in self._bases:
+            self._bases[index] = _resolution_order(request, index)
+        return self._bases[index]
 
     def __repr__(self) -> str:
         # never the token itself
@@ -162,11 +175,11 @@ def authenticate(request: Request, claimed_user: str, raw: str) -> TokenIdentity
     try:
         return _authenticate(get_store(request), claimed_user, raw, int(time.time()))
     except TokenRefused as refused:
-        _log().info("token refused: %s", refused.reason)
+        log().info("token refused: %s", refused.reason)
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the token holds, never a 500
         # only the exception's type: its text might quote the token
-        _log().error("token check failed with %s", type(exc).__name__)
+        log().error("token check failed with %s", type(exc).__name__)
         raise TokenRefused(401, "the token could not be verified") from None
 
 
@@ -227,62 +240,6 @@ def _verified(store: TokenStore, raw: str) -> tuple[str, str, tuple[Restriction,
 
 
 # ---------------------------------------------------------------------------
-# what the request does
-
-def _strip(value: Any) -> str | None:
-    if isinstance(value, str):
-        value = value.strip("/")
-        return value or None
-    return None
-
-
-def _body_target(request: Request) -> tuple[str | None, str | None]:
-    """Project and target index named in an upload/register form or a push."""
-    if request.content_type in _FORM_TYPES:
-        name = request.POST.get("name")
-        return (name if isinstance(name, str) and name else None), None
-    length = request.content_length
-    if length is None or length > MAX_PUSH_BODY:
-        return None, None
-    try:
-        data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
-    name, target = data.get("name"), data.get("targetindex")
-    return (
-        name if isinstance(name, str) and name else None,
-        target if isinstance(target, str) and target else None)
-
-
-def _file_project(request: Request) -> str | None:
-    # changing a file (tox result upload, deletion) acts on its project
-    xom = request.registry["xom"]
-    entry = xom.filestore.get_file_entry(request.path_info.strip("/"))
-    project = getattr(entry, "project", None) if entry is not None else None
-    return project if isinstance(project, str) else None
-
-
-def request_target(request: Request) -> tuple[str | None, tuple[str, ...]]:
-    """The project and the indexes (``user/index``) a request acts on."""
-    matchdict = request.matchdict or {}
-    user, index = _strip(matchdict.get("user")), _strip(matchdict.get("index"))
-    indexes = [f"{user}/{index}"] if user and index else []
-    project = _strip(matchdict.get("project"))
-    route = getattr(request.matched_route, "name", None)
-    method = request.method
-    if route in _INDEX_POST_ROUTES and method in ("POST", "PUSH"):
-        name, target = _body_target(request)
-        project = project or name
-        if target is not None:
-            indexes.append(target.strip("/"))
-    elif route in _FILE_ROUTES and method not in ("GET", "HEAD"):
-        project = project or _file_project(request)
-    return project, tuple(indexes)
-
-
-# ---------------------------------------------------------------------------
 # denials
 
 class _DeniedPermission(frozenset):
@@ -332,19 +289,27 @@ def denials(request: Request, acl: Iterable[Any], stage: Any) -> set[tuple[str, 
     try:
         reasons = _reasons(request, identity, permissions, stage)
     except Exception as exc:  # noqa: BLE001 - fail closed, never a 500
-        _log().error("token restrictions could not be checked: %s", type(exc).__name__)
+        log().error("token restrictions could not be checked: %s", type(exc).__name__)
         reasons = {p: "the token's restrictions could not be checked" for p in permissions}
     return {
         (Everyone, _DeniedPermission(permission, reason, identity))
         for permission, reason in reasons.items()}
 
 
+def _resolution_order(request: Request, index: str) -> frozenset[str]:
+    """Names of the indexes devpi reads ``index`` through, itself excluded."""
+    user, _, name = index.partition("/")
+    stage = request.registry["xom"].model.getstage(user, name)
+    if stage is None:
+        return frozenset()
+    return frozenset(base.name for base in stage.sro()) - {index}
+
+
 def _reasons(
     request: Request, identity: TokenIdentity, permissions: set[str], stage: Any,
 ) -> dict[str, str]:
-    if identity._target is None:
-        identity._target = request_target(request)
-    project, indexes = identity._target
+    target = identity.target(request)
+    indexes = target.indexes
     stage_name = getattr(stage, "name", None)
     if isinstance(stage_name, str) and stage_name not in indexes:
         # permission checked on another index than the URL's (push target)
@@ -354,9 +319,13 @@ def _reasons(
         if permission.startswith("user_"):
             reasons[permission] = USER_PERMISSION_REASON.format(permission=permission)
             continue
+        if target.unreadable is not None and permission not in READ_PERMISSIONS:
+            reasons[permission] = UNREADABLE_REASON.format(why=target.unreadable)
+            continue
         ctx = Context(
             user=identity.username, now=identity.now, permission=permission,
-            indexes=indexes, project=project)
+            indexes=indexes, project=target.project,
+            bases_of=lambda index: identity.bases_of(request, index))
         result = check_all(identity.restrictions, ctx)
         if not result:
             reasons[permission] = result.reason
@@ -432,13 +401,33 @@ def token_tween_factory(handler, registry):
             and identity.last_denial is not None
             and response.status_code in (401, 403)
         ):
-            _log().info(
+            log().info(
                 "token %s-%s denied: %s",
                 identity.username, identity.token_id, identity.last_denial)
             return refusal_response(request, 403, identity.last_denial)
         return response
 
     return token_tween
+
+
+def refuse_unreadable_body(event: Any) -> None:
+    """``ContextFound`` subscriber: a token write whose body we cannot read is a 400.
+
+    Runs after routing and before the view, so devpi-server never acts on
+    (or fails with a 500 over) a body whose project or target index we could
+    not read as it will.  Requests without a token are left to devpi.
+    """
+    request = event.request
+    if extracted_credentials(request) is None or not has_body_target(request):
+        return
+    identity = request.identity
+    if not isinstance(identity, TokenIdentity):
+        return
+    target = identity.target(request)
+    if target.unreadable is not None:
+        log().info(
+            "token %s-%s refused: %s", identity.username, identity.token_id, target.unreadable)
+        raise TokenRefused(400, UNREADABLE_REASON.format(why=target.unreadable))
 
 
 def credentials_from_bearer(request: Request) -> tuple[str, str] | None:

@@ -1,7 +1,8 @@
 """devpi-server hook implementations (entry point ``devpi_server``).
 
 The wiring only; the logic lives in :mod:`server_store` (records, keys),
-:mod:`server_enforce` (authentication, restrictions) and
+:mod:`server_enforce` (authentication, restrictions), :mod:`server_target`
+(what a request acts on, read as devpi-server reads it) and
 :mod:`server_views` (endpoints).
 """
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from pluggy import HookimplMarker
+from pyramid.events import ContextFound
 
 from . import server_enforce
 from . import server_replica
 from .server_enforce import STORE_KEY
+from .server_log import log
 from .server_store import TokenStore
 from .server_store import secret_warning
 
@@ -31,10 +34,12 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     pyramid_config.registry[STORE_KEY] = store
     warning = secret_warning(xom)
     if warning:
-        xom.log.warning("devpi-tokens: %s", warning)
+        log(xom.log).warning("devpi-tokens: %s", warning)
     pyramid_config.include("devpi_tokens.server_views")
     pyramid_config.add_tween(
         TWEEN, under="devpi_server.views.tween_keyfs_transaction")
+    # after routing, before the view: token writes with unreadable bodies
+    pyramid_config.add_subscriber(server_enforce.refuse_unreadable_body, ContextFound)
     # replicas only: refusals for a replica that cannot verify or forward
     server_replica.configure(pyramid_config, xom)
 

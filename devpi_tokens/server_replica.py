@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 from typing import Any
 import re
 
+from .server_log import log
+
 
 if TYPE_CHECKING:
     from devpi_server.main import XOM
@@ -63,10 +65,6 @@ _MUTATING = frozenset({"PUT", "POST", "PATCH", "DELETE", "PUSH"})
 
 TWEEN = "devpi_tokens.server_replica.replica_tween_factory"
 
-
-def _log() -> Any:
-    from devpi_server.log import threadlog
-    return threadlog
 
 
 def is_replica(xom: XOM) -> bool:
@@ -135,7 +133,7 @@ def refuse_bad_signature(xom: XOM, user: str, token_id: str) -> tuple[int, str] 
         return None
     if _no_secret(xom):
         return 403, NO_SECRET_REASON
-    _log().warning(
+    log().warning(
         "token signature does not match: %s (token %s of user %s)",
         SECRET_HINT, token_id, user)
     return 403, (
@@ -173,7 +171,7 @@ def replica_tween_factory(handler: Any, registry: Registry) -> Any:
         if request.method in _MUTATING and _TOKEN_PATH.fullmatch(request.path_info):
             problem = forwarding_problem(xom)
             if problem is not None:
-                _log().warning("devpi-tokens: refused %s %s: %s",
+                log().warning("devpi-tokens: refused %s %s: %s",
                                request.method, request.path_info, problem)
                 return refusal_response(request, 403, problem)
         return handler(request)
@@ -186,7 +184,7 @@ def configure(pyramid_config: Any, xom: XOM) -> None:
     if not is_replica(xom):
         return
     if _no_secret(xom):
-        xom.log.error("devpi-tokens: %s", NO_SECRET_REASON)
+        log(xom.log).error("devpi-tokens: %s", NO_SECRET_REASON)
     pyramid_config.add_tween(
         TWEEN, under="devpi_server.views.tween_keyfs_transaction",
         over="devpi_tokens.server_enforce.token_tween_factory")

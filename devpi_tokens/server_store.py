@@ -61,6 +61,7 @@ from .restrictions import MalformedCaveat
 from .restrictions import Restriction
 from .restrictions import expiry_of
 from .restrictions import parse_caveat
+from .server_log import log
 from .tokens import Token
 from .tokens import new_token_id
 
@@ -616,7 +617,7 @@ def writable_table(userconfig: Mapping[str, Any], username: str) -> dict[str, An
     if not isinstance(table, dict):
         # its tokens were refused already (readers find nothing in it);
         # say so, as the rewrite drops it
-        _log().warning(
+        log().warning(
             "devpi-tokens: the token table of user %s is unreadable; it is replaced",
             username)
         return {}
@@ -630,10 +631,6 @@ def store_table(userconfig: dict[str, Any], table: Mapping[str, Any]) -> None:
     else:
         userconfig.pop(TABLE_FIELD, None)
 
-
-def _log() -> Any:
-    from devpi_server.log import threadlog
-    return threadlog
 
 
 def _int_or_none(value: Any) -> int | None:

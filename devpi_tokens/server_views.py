@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 from typing import Any
-import json
 import re
 import time
 
@@ -23,9 +22,14 @@ from .restrictions import ProjectNames
 from .restrictions import Restriction
 from .restrictions import ValidityWindow
 from .restrictions import format_time
+from .restrictions import project_name_problem
 from .restrictions import validated
 from .server_enforce import STORE_KEY
 from .server_enforce import TokenIdentity
+from .server_json import MAX_BODY
+from .server_json import BadBody
+from .server_json import load_json_body
+from .server_log import log
 from .server_store import secret_warning
 
 
@@ -51,8 +55,7 @@ _INT64_MAX = 2 ** 63 - 1
 CREATE_KEYS = frozenset({
     "expires", "not_before", "projects", "indexes", "allowed", "description"})
 
-# PEP 508 project names; devpi's rules for user and index names.
-_PROJECT_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+# devpi's rules for user and index names.
 _DEVPI_NAME = re.compile(r"[^\x00-\x20!\"#$%&'()*+,/:;<=>?\[\\\]^`{|}~\x7f]+")
 
 
@@ -104,13 +107,16 @@ def get_store(request: Request) -> TokenStore:
 # the create body
 
 def _read_body(request: Request) -> dict[str, Any]:
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        raise BadRequest(f"the request body is larger than {MAX_BODY} bytes")
     raw = request.body
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON ({exc})") from None
+        data = load_json_body(raw)
+    except BadBody as exc:
+        raise BadRequest(str(exc)) from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     unknown = sorted(set(data) - CREATE_KEYS)
@@ -119,10 +125,6 @@ def _read_body(request: Request) -> dict[str, Any]:
             f"unknown field(s) {', '.join(map(repr, unknown))}; "
             f"known fields: {', '.join(sorted(CREATE_KEYS))}")
     return data
-
-
-def _no_constant(name: str) -> Any:
-    raise BadRequest(f"{name} is not allowed in the request body")
 
 
 def _epoch(data: dict[str, Any], key: str) -> int | None:
@@ -153,12 +155,6 @@ def _string_list(
         if problem:
             raise BadRequest(problem)
     return tuple(value)
-
-
-def _check_project(name: str) -> str | None:
-    if not _PROJECT_NAME.fullmatch(name):
-        return f"{name!r} is not a valid project name"
-    return None
 
 
 def _check_index(name: str) -> str | None:
@@ -194,7 +190,7 @@ class CreateRequest:
         if self.not_before is not None and self.expires is not None:
             if self.not_before >= self.expires:
                 raise BadRequest("'not_before' must be earlier than 'expires'")
-        self.projects = _string_list(data, "projects", _check_project)
+        self.projects = _string_list(data, "projects", project_name_problem)
         self.indexes = _string_list(data, "indexes", _check_index)
         self.allowed = _string_list(data, "allowed", _check_permission)
         description = data.get("description", "")
@@ -248,7 +244,7 @@ def token_create(request: Request) -> Response:
     token = store.create(
         username, restrictions, created=wanted.now, expires=wanted.expires,
         description=wanted.description)
-    request.log.info(
+    log(request.log).info(
         "created token %s of user %s (by %s)",
         token.token_id, username, request.authenticated_userid)
     result: dict[str, Any] = {"token": token.dump(), "id": token.token_id}
@@ -279,7 +275,7 @@ def token_delete(request: Request) -> Response:
     token_id = request.matchdict["token_id"]
     if not get_store(request).delete(username, token_id):
         return _apiresult(404, f"user '{username}' has no token '{token_id}'")
-    request.log.info(
+    log(request.log).info(
         "deleted token %s of user %s (by %s)",
         token_id, username, request.authenticated_userid)
     return _apiresult(200, f"token {token_id} of user {username} deleted")
@@ -293,8 +289,8 @@ def token_purge(request: Request) -> Response:
     username, _ = authorized
     removed = get_store(request).purge_expired(username, int(time.time()))
     if removed:
-        request.log.info(
-            "purged %d expired token(s) of user %s (by %s): %s",
+        log(request.log).info(
+            "purged %s expired token(s) of user %s (by %s): %s",
             len(removed), username, request.authenticated_userid, ", ".join(removed))
     plural = "" if len(removed) == 1 else "s"
     return _apiresult(
