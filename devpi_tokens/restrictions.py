@@ -724,6 +724,11 @@ def check_all(restrictions: Iterable[Restriction], ctx: Context) -> Result:
     return SUCCESS
 
 
+def allowed_index_sets(restrictions: Iterable[Restriction]) -> list[tuple[str, ...]]:
+    """The index lists of every index restriction (each one must be met)."""
+    return [r.indexes for r in restrictions if isinstance(r, _IndexSet)]
+
+
 def expiry_of(restrictions: Iterable[Restriction]) -> int | None:
     """The earliest end of validity among the restrictions (None: no end)."""
     windows = [r for r in restrictions if isinstance(r, _Window)]
@@ -746,5 +751,6 @@ __all__ = [
     "LegacyNoop", "LegacyProjectNames", "LegacyDate",
     "V1Expires", "V1NotBefore", "V1Projects", "V1Indexes", "V1Allowed",
     "parse_caveat", "validated", "check_all", "expiry_of", "not_before_of",
+    "allowed_index_sets",
     "format_time", "describe_relative", "normalize_project", "project_name_problem",
 ]

@@ -45,6 +45,8 @@ from .restrictions import Context
 from .restrictions import Restriction
 from .restrictions import TokenError
 from .restrictions import check_all
+from .server_inheritance import BasesGuard
+from .server_inheritance import resolution_order
 from .server_log import log
 from .server_store import VerifiedToken
 from .server_target import Target
@@ -111,7 +113,7 @@ class TokenIdentity:
     def bases_of(self, request: Request, index: str) -> frozenset[str]:
         """The indexes ``index`` inherits from, recursively (once per request)."""
         if index not in self._bases:
-            self._bases[index] = _resolution_order(request, index)
+            self._bases[index] = resolution_order(request.registry["xom"], index)
         return self._bases[index]
 
     def __repr__(self) -> str:
@@ -296,15 +298,6 @@ def denials(request: Request, acl: Iterable[Any], stage: Any) -> set[tuple[str, 
         for permission, reason in reasons.items()}
 
 
-def _resolution_order(request: Request, index: str) -> frozenset[str]:
-    """Names of the indexes devpi reads ``index`` through, itself excluded."""
-    user, _, name = index.partition("/")
-    stage = request.registry["xom"].model.getstage(user, name)
-    if stage is None:
-        return frozenset()
-    return frozenset(base.name for base in stage.sro()) - {index}
-
-
 def _reasons(
     request: Request, identity: TokenIdentity, permissions: set[str], stage: Any,
 ) -> dict[str, str]:
@@ -387,15 +380,24 @@ def token_tween_factory(handler, registry):
     """Tween (inside the keyfs transaction): verify early, explain refusals."""
 
     def token_tween(request: Request):
-        identity = None
+        identity = guard = None
         try:
             if _request_has_token(request):
                 # loads (and caches) the identity: the token is checked here,
                 # once, before any view runs
                 identity = request.identity
+                guard = BasesGuard.start(request, identity.restrictions)
             response = handler(request)
         except TokenRefused as refused:
             return refusal_response(request, refused.status, refused.reason)
+        if guard is not None and response.status_code < 400:
+            widening = guard.widening()
+            if widening is not None:
+                # nothing of this request is stored
+                registry["xom"].keyfs.tx.doom()
+                log().info(
+                    "token %s-%s refused: %s", identity.username, identity.token_id, widening)
+                return refusal_response(request, 403, widening)
         if (
             isinstance(identity, TokenIdentity)
             and identity.last_denial is not None

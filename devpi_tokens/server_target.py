@@ -98,18 +98,27 @@ def body_target(request: Request) -> tuple[str | None, str | None]:
         action = form.get(":action")
     except Exception as exc:  # noqa: BLE001 - whatever webob raises, refuse
         raise UnreadableBody(f"the form cannot be read ({_why(exc)})") from None
+    if action is not None and not isinstance(action, str):
+        # a file part: devpi's own truth test on it raises
+        raise UnreadableBody("the form's ':action' field is not text")
     if action:
         # devpi's submit view: the form decides, the body is not JSON
-        return _form_name(form), None
+        return _submitted_name(form, action), None
     return _push_target(request)
 
 
-def _form_name(form: Any) -> str | None:
-    if "name" not in form:
-        return None
+def _submitted_name(form: Any, action: str) -> str | None:
     name = form.get("name")
-    if not isinstance(name, str):
+    if name is not None and not isinstance(name, str):
         raise UnreadableBody("the form's 'name' field is not text")
+    if action in ("file_upload", "doc_upload"):
+        # what devpi's submit takes without checking (it fails with a 500)
+        if not name:
+            raise UnreadableBody(f"an {action} needs a 'name' field")
+        if action == "file_upload" and not isinstance(form.get("version"), str):
+            raise UnreadableBody("a file_upload needs a 'version' field")
+        if not hasattr(form.get("content"), "filename"):
+            raise UnreadableBody(f"an {action} needs its 'content' as a file")
     return name or None
 
 
@@ -133,6 +142,9 @@ def _push_target(request: Request) -> tuple[str, str | None]:
     target = data.get("targetindex")
     if target is not None and not isinstance(target, str):
         raise UnreadableBody("'targetindex' must be text")
+    if target is None and not isinstance(data.get("posturl"), str):
+        # devpi's push to another server reads 'posturl' without checking
+        raise UnreadableBody("a push needs 'targetindex' (or 'posturl' for another server)")
     return name, target
 
 

@@ -109,7 +109,8 @@ def test_repeated_form_names_judged_by_the_last_as_devpi_does(ix):
 
 
 @pytest.mark.parametrize(("content_type", "body", "reason"), [
-    ("application/json; charset=no-such-codec", b'{"name":"foo","version":"1.0"}',
+    ("application/json; charset=no-such-codec",
+     b'{"name":"foo","version":"1.0","targetindex":"alice/other"}',
      "not JSON devpi can read"),
     ("application/json", b"[" * 5000 + b"]" * 5000, "nested too deeply"),
     ("application/json", b'["name", "foo"]', "a push body must be a JSON object"),
@@ -117,6 +118,7 @@ def test_repeated_form_names_judged_by_the_last_as_devpi_does(ix):
     ("application/json", b'{"name":["foo"],"version":"1.0"}', "needs 'name' and 'version'"),
     ("application/json", b'{"name":"foo"}', "needs 'name' and 'version'"),
     ("application/json", b'{"name":"foo","version":"1","targetindex":7}', "'targetindex'"),
+    ("application/json", b'{"name":"foo","version":"1.0"}', "a push needs 'targetindex'"),
     ("application/x-www-form-urlencoded; charset=latin-1", b":action=submit&name=foo",
      "the form cannot be read"),
 ])
@@ -129,17 +131,36 @@ def test_bodies_devpi_cannot_read_are_refused_with_a_reason(ix, content_type, bo
     assert "the request body cannot be read the way devpi-server reads it" in r.status
 
 
-def test_multipart_name_that_is_a_file_is_refused(ix):
-    token = ix.create_token("alice", projects=["foo"])
+def multipart(*parts: tuple[str, str, str | None]) -> tuple[bytes, str]:
+    """A multipart body of (field, value, filename or None) parts, and its type."""
     boundary = "xyzzy"
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\":action\"\r\n\r\nsubmit\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"; filename=\"x\"\r\n"
-        f"\r\nbar\r\n--{boundary}--\r\n").encode()
-    r = raw_post(ix, "/alice/dev/", body, {
-        **bearer(token), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    chunks = []
+    for field, value, filename in parts:
+        disposition = f'form-data; name="{field}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        chunks.append(
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n{value}\r\n")
+    body = "".join(chunks) + f"--{boundary}--\r\n"
+    return body.encode(), f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize(("parts", "reason"), [
+    ([(":action", "submit", None), ("name", "bar", "x")], "'name' field is not text"),
+    ([(":action", "file_upload", "a"), ("name", "foo", None)], "':action' field is not text"),
+    ([(":action", "file_upload", None), ("name", "foo", None),
+      ("content", "x", "foo-1.0.tar.gz")], "needs a 'version' field"),
+    ([(":action", "doc_upload", None), ("content", "x", "foo.zip")], "needs a 'name' field"),
+    ([(":action", "file_upload", None), ("name", "foo", None), ("version", "1.0", None),
+      ("content", "x", None)], "needs its 'content' as a file"),
+])
+def test_submits_devpi_would_fail_on_are_refused(ix, parts, reason):
+    """Each of these is a 500 with a traceback in devpi-server 6.20 without a token."""
+    token = ix.create_token("alice", projects=["foo"])
+    body, content_type = multipart(*parts)
+    r = raw_post(ix, "/alice/dev/", body, {**bearer(token), "Content-Type": content_type})
     assert r.status_code == 400, r.text
-    assert "'name' field is not text" in r.text
+    assert reason in r.text
 
 
 def test_password_requests_are_left_to_devpi(ix):
@@ -320,3 +341,81 @@ def test_token_repr_and_str_hide_the_token():
         assert raw not in text
         assert raw.removeprefix("devpi-")[:20] not in text
         assert "abc123" in text and "alice" in text
+
+
+# ------------------------------------------- changing bases cannot widen reading
+
+class PrivateIndexes:
+    """Test plugin: an index described "private" is readable by alice only."""
+
+    from pluggy import HookimplMarker
+    hookimpl = HookimplMarker("devpiserver")
+
+    @staticmethod
+    @hookimpl
+    def devpiserver_stage_get_principals_for_pkg_read(ixconfig):
+        return ["alice"] if ixconfig.get("description") == "private" else None
+
+
+@pytest.fixture
+def private(makexom, cheap_password_hashing):
+    """alice with alice/dev, alice/secret (private) and alice/public."""
+    from webtest import TestApp
+
+    from conftest import TokenServer
+    from devpi_tokens import server_hooks
+
+    xom = makexom([], plugins=[server_hooks, PrivateIndexes])
+    app = TestApp(xom.create_app())
+    app.xom = xom
+    srv = TokenServer(app)
+    srv.create_user("alice")
+    srv.create_index("alice/secret", PW, description="private")
+    srv.create_index("alice/public", PW)
+    for index, name in [("alice/secret", "s"), ("alice/public", "p")]:
+        assert srv.upload(index, name, "1.0", PW).status_code == 200
+    yield srv
+    xom.keyfs.release_all_wait_tx()
+
+
+def index_config(srv, index: str) -> dict | None:
+    r = srv.app.get(f"/{index}", headers={**PW, **JSON}, expect_errors=True)
+    return r.json["result"] if r.status_code == 200 else None
+
+
+def test_token_cannot_add_a_base_it_may_not_read(private):
+    token = private.create_token("alice", indexes=["alice/dev"])
+    secret_file = base_file_path(private, "alice/secret", "s")
+    assert private.app.get(secret_file, expect_errors=True).status_code in (401, 403)
+    r = private.app.patch_json(
+        "/alice/dev", ["bases+=alice/secret"], headers={**bearer(token), **JSON},
+        expect_errors=True)
+    assert r.status_code == 403, r.text
+    assert "cannot make them inherit from alice/secret" in r.json["message"]
+    assert index_config(private, "alice/dev")["bases"] == []
+    r = private.app.get(secret_file, headers=bearer(token), expect_errors=True)
+    assert r.status_code == 403
+
+
+def test_token_cannot_create_its_index_on_a_private_base(private):
+    token = private.create_token("alice", indexes=["alice/new"])
+    r = private.app.put_json(
+        "/alice/new", {"type": "stage", "bases": ["alice/secret"]},
+        headers={**bearer(token), **JSON}, expect_errors=True)
+    assert r.status_code == 403, r.text
+    assert index_config(private, "alice/new") is None
+
+
+def test_token_may_add_bases_anyone_can_read(private):
+    token = private.create_token("alice", indexes=["alice/dev"])
+    r = private.app.patch_json(
+        "/alice/dev", ["bases+=alice/public"], headers={**bearer(token), **JSON},
+        expect_errors=True)
+    assert r.status_code == 200, r.text
+    assert index_config(private, "alice/dev")["bases"] == ["alice/public"]
+    token = private.create_token("alice", indexes=["alice/new"])
+    r = private.app.put_json(
+        "/alice/new", {"type": "stage", "bases": ["alice/dev"]},
+        headers={**bearer(token), **JSON}, expect_errors=True)
+    assert r.status_code == 200, r.text
+    assert index_config(private, "alice/new")["bases"] == ["alice/dev"]
