@@ -341,7 +341,9 @@ def _caveat_from_server(value: Any) -> Restriction | None:
 
 def list_entry(token_id: str, info: dict[str, Any], now: int) -> dict[str, Any]:
     """One token of token-list --json, built from the server's record."""
-    raw = info.get("restrictions") or []
+    # servers since 2.0 list the caveats as minted under "caveats" (their
+    # "restrictions" is a 1.x-style summary); older ones under "restrictions"
+    raw = info.get("caveats", info.get("restrictions")) or []
     parsed = [(value, _caveat_from_server(value)) for value in raw]
     restrictions = [r for _, r in parsed if r is not None]
     expires = info.get("expires")

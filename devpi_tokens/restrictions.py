@@ -724,6 +724,70 @@ def check_all(restrictions: Iterable[Restriction], ctx: Context) -> Result:
     return SUCCESS
 
 
+@dataclass(frozen=True)
+class Effective:
+    """What a list of restrictions comes to, as one value per kind.
+
+    Every restriction must be met, so the effective window is the earliest
+    end and the latest start, and each list is the intersection of every
+    list of its kind (``None``: not restricted).  Kinds devpi-tokens 1.x had
+    no word for (PyPI project ids, users) are not summarized here; the
+    caveats themselves still say them.
+    """
+
+    expires: int | None = None
+    not_before: int | None = None
+    projects: tuple[str, ...] | None = None
+    indexes: tuple[str, ...] | None = None
+    allowed: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, restrictions: Iterable[Restriction]) -> Effective:
+        restrictions = tuple(restrictions)
+        return cls(
+            expires=expiry_of(restrictions),
+            not_before=not_before_of(restrictions),
+            projects=_intersection(
+                [r.names for r in restrictions if isinstance(r, _ProjectSet)],
+                normalize_project),
+            indexes=_intersection(allowed_index_sets(restrictions)),
+            allowed=_intersection(
+                [r.permissions for r in restrictions if isinstance(r, _PermissionSet)]))
+
+    def v1_strings(self) -> list[str]:
+        """The devpi-tokens 1.x ``name=value`` form, one entry per kind.
+
+        devpi-admin and devpi-api-client parse listings in this form.
+        """
+        result = []
+        if self.expires is not None:
+            result.append(f"expires={self.expires}")
+        if self.not_before is not None:
+            result.append(f"not_before={self.not_before}")
+        for name in ("projects", "indexes", "allowed"):
+            values = getattr(self, name)
+            if values is not None:
+                result.append(f"{name}={','.join(values)}")
+        return result
+
+
+def _intersection(
+    lists: list[tuple[str, ...]], key: Callable[[str], str] = str,
+) -> tuple[str, ...] | None:
+    """Items of the first list found in every other one (by ``key``), in order."""
+    if not lists:
+        return None
+    others = [{key(item) for item in other} for other in lists[1:]]
+    seen: set[str] = set()
+    result = []
+    for item in lists[0]:
+        k = key(item)
+        if k not in seen and all(k in other for other in others):
+            seen.add(k)
+            result.append(item)
+    return tuple(result)
+
+
 def allowed_index_sets(restrictions: Iterable[Restriction]) -> list[tuple[str, ...]]:
     """The index lists of every index restriction (each one must be met)."""
     return [r.indexes for r in restrictions if isinstance(r, _IndexSet)]
@@ -751,6 +815,6 @@ __all__ = [
     "LegacyNoop", "LegacyProjectNames", "LegacyDate",
     "V1Expires", "V1NotBefore", "V1Projects", "V1Indexes", "V1Allowed",
     "parse_caveat", "validated", "check_all", "expiry_of", "not_before_of",
-    "allowed_index_sets",
+    "allowed_index_sets", "Effective",
     "format_time", "describe_relative", "normalize_project", "project_name_problem",
 ]

@@ -39,6 +39,7 @@ when that module exists.
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -57,6 +58,7 @@ import json
 import secrets
 import threading
 
+from .restrictions import Effective
 from .restrictions import MalformedCaveat
 from .restrictions import Restriction
 from .restrictions import expiry_of
@@ -641,28 +643,56 @@ def public_info(record: Mapping[str, Any]) -> dict[str, Any]:
     """What a listing shows of a record: restrictions, description, times.
 
     Built field by field from known keys, so secrets (our salt, 1.x's key)
-    can never slip through.
+    can never slip through.  ``restrictions`` is the effective summary in
+    devpi-tokens 1.x ``name=value`` form (what devpi-admin and
+    devpi-api-client parse); ``caveats`` are the strings as minted; the
+    summary's values are also fields of their own.
     """
-    raw = record.get("restrictions")
-    # keyfs views and parsed tables hold read-only sequences, not lists
-    is_list = isinstance(raw, Sequence) and not isinstance(raw, (str, bytes))
-    restrictions = [x for x in raw if isinstance(x, str)] if is_list else []
-    if "expires" in record:
-        expires = _int_or_none(record.get("expires"))
-    else:
-        # 1.x records carry no expiry field; read it from the caveats.
-        expires = _expiry_from_caveats(restrictions)
+    caveats = _caveats(record)
+    effective = Effective.of(_parsed(caveats))
+    # our records carry the expiry as created ("never" has none, even when
+    # a start time needed a far-future window end); 1.x ones only caveats
+    expires = _int_or_none(record.get("expires")) if "expires" in record else effective.expires
+    effective = replace(effective, expires=expires)
     description = record.get("description")
-    info = {
-        "restrictions": restrictions,
+    info: dict[str, Any] = {
+        "restrictions": effective.v1_strings(),
+        "caveats": caveats,
         "description": description if isinstance(description, str) else "",
         "created": _int_or_none(record.get("created")),
         "expires": expires,
+        "not_before": effective.not_before,
+        "projects": _list_or_none(effective.projects),
+        "indexes": _list_or_none(effective.indexes),
+        "allowed": _list_or_none(effective.allowed),
     }
     if record.get("kdf") != KDF_V2:
         # written by devpi-tokens 1.x: listings mark it as the older format
         info["format"] = "1.x"
     return info
+
+
+def _caveats(record: Mapping[str, Any]) -> list[str]:
+    raw = record.get("restrictions")
+    # keyfs views and parsed tables hold read-only sequences, not lists
+    is_list = isinstance(raw, Sequence) and not isinstance(raw, (str, bytes))
+    return [x for x in raw if isinstance(x, str)] if is_list else []
+
+
+def _parsed(caveats: list[str]) -> list[Restriction]:
+    # a caveat that does not parse makes its token invalid at every use;
+    # the listing summarizes the rest (the caveat itself is still listed)
+    parsed = []
+    for caveat in caveats:
+        try:
+            parsed.append(parse_caveat(caveat))
+        except MalformedCaveat:
+            continue
+    return parsed
+
+
+def _list_or_none(values: tuple[str, ...] | None) -> list[str] | None:
+    return None if values is None else list(values)
 
 
 def is_expired(record: Mapping[str, Any], now: int) -> bool:
@@ -671,18 +701,11 @@ def is_expired(record: Mapping[str, Any], now: int) -> bool:
     A token is valid while ``now < expires``; records without an expiry
     (``"never"``) never expire.  1.x records are judged by their caveats.
     """
-    expires = public_info(record)["expires"]
+    if "expires" in record:
+        expires = _int_or_none(record.get("expires"))
+    else:
+        expires = expiry_of(_parsed(_caveats(record)))
     return expires is not None and now >= expires
-
-
-def _expiry_from_caveats(caveats: list[str]) -> int | None:
-    parsed = []
-    for caveat in caveats:
-        try:
-            parsed.append(parse_caveat(caveat))
-        except MalformedCaveat:
-            continue
-    return expiry_of(parsed)
 
 
 def secret_warning(xom: XOM) -> str | None:

@@ -248,3 +248,43 @@ def test_describe_in_words():
     assert r.V1Expires(None).describe() == "never expires"
     assert r.format_time(2 ** 62) == f"epoch {2 ** 62}"
     assert r.describe_relative(NOW + 3 * 86400, NOW) == "in 3 days"
+
+
+# the listing's summary says exactly what the restrictions allow
+
+summary_kinds = st.one_of(
+    st.builds(r.ValidityWindow, not_after=st.integers(0, 100), not_before=st.integers(0, 100)),
+    st.builds(r.ProjectNames, st.lists(
+        st.sampled_from(["foo", "Foo", "f.o.o", "bar", "baz"]), min_size=1, max_size=3)
+        .map(tuple)),
+    st.builds(r.Indexes, st.lists(
+        st.sampled_from(["a/x", "a/y", "b/x"]), min_size=1, max_size=3).map(tuple)),
+    st.builds(r.Allowed, st.lists(
+        st.sampled_from(["upload", "pkg_read", "del_entry"]), min_size=1, max_size=3)
+        .map(tuple)),
+)
+
+
+@given(
+    st.lists(summary_kinds, max_size=6),
+    st.integers(0, 100),
+    st.sampled_from(["foo", "f-o-o", "bar", "baz", "qux"]),
+    st.sampled_from(["a/x", "a/y", "b/x", "c/z"]),
+    st.sampled_from(["upload", "pkg_read", "del_entry", "index_modify"]),
+)
+def test_effective_summary_allows_exactly_what_the_restrictions_allow(
+        restrictions, now, project, index, permission):
+    effective = r.Effective.of(restrictions)
+    ctx = Context(user="a", now=now, permission=permission, indexes=(index,), project=project)
+    by_summary = (
+        (effective.expires is None or now < effective.expires)
+        and (effective.not_before is None or now >= effective.not_before)
+        and (effective.projects is None or r.normalize_project(project) in {
+            r.normalize_project(p) for p in effective.projects})
+        and (effective.indexes is None or index in effective.indexes)
+        and (effective.allowed is None or permission in effective.allowed))
+    assert bool(r.check_all(restrictions, ctx)) == by_summary
+    # and the 1.x strings parse back (as 1.x caveats) to the same summary
+    parsed = [parse_caveat(text) for text in effective.v1_strings() if not text.endswith("=")]
+    if all(values != () for values in (effective.projects, effective.indexes, effective.allowed)):
+        assert r.Effective.of(parsed) == effective

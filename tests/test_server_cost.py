@@ -244,7 +244,7 @@ def test_parsed_tables_are_read_only(alice):
                 listed["kdf"] = "other"
     # nothing above changed what the next reader gets
     assert alice.stored_record("alice", token_id) == dict(record)
-    assert alice.list_tokens("alice")[token_id]["restrictions"] == list(record["restrictions"])
+    assert alice.list_tokens("alice")[token_id]["caveats"] == list(record["restrictions"])
 
 
 def test_users_tables_do_not_mix(alice):

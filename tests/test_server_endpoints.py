@@ -74,17 +74,38 @@ def test_list_shows_public_fields_and_nothing_secret(alice):
     tokens = r.json["result"]["tokens"]
     assert list(tokens) == [token_id]
     info = tokens[token_id]
-    assert set(info) == {"restrictions", "description", "created", "expires", "expired"}
+    assert set(info) == {
+        "restrictions", "caveats", "description", "created", "expires", "not_before",
+        "projects", "indexes", "allowed", "expired"}
     assert info["expired"] is False
     assert info["description"] == "deploy"
     assert info["expires"] == now + DAY
     assert now - 5 <= info["created"] <= now + 5
-    assert info["restrictions"] == [f"[0,{now + DAY},{info['created']}]", '[1,["foo"]]']
+    assert info["not_before"] == info["created"]
+    assert info["caveats"] == [f"[0,{now + DAY},{info['created']}]", '[1,["foo"]]']
+    # the 1.x name=value summary devpi-admin and devpi-api-client parse
+    assert info["restrictions"] == [
+        f"expires={now + DAY}", f"not_before={info['created']}", "projects=foo"]
+    assert (info["projects"], info["indexes"], info["allowed"]) == (["foo"], None, None)
     # the salt is in keyfs, never in an answer
     salt = alice.stored_record("alice", token_id)["salt"]
     assert salt not in r.text
     assert "salt" not in r.text
     assert token not in r.text
+
+
+def test_list_summarizes_every_kind(alice):
+    alice.create_index("alice/other", basic("alice", "pw"))
+    token = alice.create_token(
+        "alice", expires=int(time.time()) + 2 * DAY, not_before=int(time.time()) + DAY,
+        projects=["Foo.Bar", "baz"], indexes=["alice/dev", "alice/other"],
+        allowed=["upload", "pkg_read"])
+    info = alice.list_tokens("alice")[Token.load(token).token_id]
+    assert info["restrictions"] == [
+        f"expires={info['expires']}", f"not_before={info['not_before']}", "projects=Foo.Bar,baz",
+        "indexes=alice/dev,alice/other", "allowed=upload,pkg_read"]
+    assert info["indexes"] == ["alice/dev", "alice/other"]
+    assert info["allowed"] == ["upload", "pkg_read"]
 
 
 def test_user_record_as_devpi_shows_it_has_no_tokens(alice):
