@@ -98,6 +98,8 @@ def body_target(request: Request) -> tuple[str | None, str | None]:
         action = form.get(":action")
     except Exception as exc:  # noqa: BLE001 - whatever webob raises, refuse
         raise UnreadableBody(f"the form cannot be read ({_why(exc)})") from None
+    finally:
+        _rewind(request)
     if action is not None and not isinstance(action, str):
         # a file part: devpi's own truth test on it raises
         raise UnreadableBody("the form's ':action' field is not text")
@@ -146,6 +148,13 @@ def _push_target(request: Request) -> tuple[str, str | None]:
         # devpi's push to another server reads 'posturl' without checking
         raise UnreadableBody("a push needs 'targetindex' (or 'posturl' for another server)")
     return name, target
+
+
+def _rewind(request: Request) -> None:
+    # webob leaves a parsed form's body read to its end; whoever reads the
+    # raw body next (devpi relaying a request) must find all of it
+    if request.is_body_seekable:
+        request.body_file_raw.seek(0)
 
 
 def _why(exc: BaseException) -> str:
