@@ -6,9 +6,12 @@ files.  A token that may also create or change those indexes could make
 one inherit from any index its user can read, and then read it through the
 allowed one.  So :class:`BasesGuard` looks at what devpi-server wrote for an
 index change made with such a token, inside the same keyfs transaction: if
-an allowed index now inherits from an index the token could not read before
-(and anonymous users cannot read either), the transaction is doomed, so
-nothing is stored, and the answer is a 403.
+an allowed index now inherits from an index the token could not read
+before, the transaction is doomed, so nothing is stored, and the answer is
+a 403.  So bases are followed only where the user (with the password) or
+the token's own listed indexes put them.  Even an index anyone may read
+today is refused as a new base: it could be made private later, and the
+token would keep reading it.
 """
 from __future__ import annotations
 
@@ -42,15 +45,6 @@ def resolution_order(xom: Any, index: str) -> frozenset[str]:
     return frozenset(base.name for base in stage.sro()) - {index}
 
 
-def anonymous_may_read(xom: Any, index: str) -> bool:
-    """Whether devpi lets anyone, logged in or not, read ``index``."""
-    stage = _stage(xom, index)
-    if stage is None:
-        return False
-    principals = stage.customizer.get_principals_for_pkg_read(xom.config.restrict_modify)
-    return ":ANONYMOUS:" in principals
-
-
 def _readable(xom: Any, indexes: Iterable[str]) -> frozenset[str]:
     result = set(indexes)
     for index in list(result):
@@ -79,11 +73,11 @@ class BasesGuard:
     def widening(self) -> str | None:
         """The reason to refuse what was just written, or None if it is fine."""
         for indexes, before in zip(self.index_sets, self.before, strict=True):
-            gained = _readable(self.xom, indexes) - before
-            hidden = sorted(i for i in gained if not anonymous_may_read(self.xom, i))
-            if hidden:
+            gained = sorted(_readable(self.xom, indexes) - before)
+            if gained:
                 return (
                     f"token restricted to indexes {', '.join(indexes)} cannot make them "
-                    f"inherit from {', '.join(hidden)}: the token may not read "
-                    f"{'it' if len(hidden) == 1 else 'them'}")
+                    f"inherit from {', '.join(gained)}: the token may not read "
+                    f"{'it' if len(gained) == 1 else 'them'}; change bases with the "
+                    "password, or list those indexes in the token")
         return None

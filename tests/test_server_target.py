@@ -406,16 +406,34 @@ def test_token_cannot_create_its_index_on_a_private_base(private):
     assert index_config(private, "alice/new") is None
 
 
-def test_token_may_add_bases_anyone_can_read(private):
+def test_token_cannot_add_even_a_public_base_outside_its_indexes(private):
+    """Public today may be private tomorrow: the token would keep reading it."""
     token = private.create_token("alice", indexes=["alice/dev"])
+    r = private.app.patch_json(
+        "/alice/dev", ["bases+=alice/public"], headers={**bearer(token), **JSON},
+        expect_errors=True)
+    assert r.status_code == 403, r.text
+    assert index_config(private, "alice/dev")["bases"] == []
+
+
+def test_token_may_set_bases_within_what_it_reads(private):
+    # bases among its own listed indexes
+    token = private.create_token("alice", indexes=["alice/dev", "alice/public"])
     r = private.app.patch_json(
         "/alice/dev", ["bases+=alice/public"], headers={**bearer(token), **JSON},
         expect_errors=True)
     assert r.status_code == 200, r.text
     assert index_config(private, "alice/dev")["bases"] == ["alice/public"]
-    token = private.create_token("alice", indexes=["alice/new"])
+    # a new listed index on top of a listed one, and other changes
+    token = private.create_token("alice", indexes=["alice/new", "alice/dev"])
     r = private.app.put_json(
         "/alice/new", {"type": "stage", "bases": ["alice/dev"]},
         headers={**bearer(token), **JSON}, expect_errors=True)
     assert r.status_code == 200, r.text
     assert index_config(private, "alice/new")["bases"] == ["alice/dev"]
+    token = private.create_token("alice", indexes=["alice/new"])
+    r = private.app.patch_json(
+        "/alice/new", ["description=renamed"], headers={**bearer(token), **JSON},
+        expect_errors=True)
+    assert r.status_code == 200, r.text
+    assert index_config(private, "alice/new")["description"] == "renamed"
