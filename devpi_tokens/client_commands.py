@@ -24,6 +24,7 @@ from typing import Iterable
 from pluggy import HookimplMarker
 
 from .client_io import ClientError
+from .display import printable
 from .client_io import read_token
 from .client_io import split_list
 from .client_io import write_private_file
@@ -210,8 +211,13 @@ def devpiclient_subcommands() -> list[tuple[Callable, str, str]]:
 # error handling and output
 
 def _stderr_line(text: str) -> None:
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(printable(text) + "\n")
     sys.stderr.flush()
+
+
+def _stdout_lines(lines: Iterable[str]) -> None:
+    """Human output: one line each, nothing a token or server chose can escape it."""
+    sys.stdout.write("".join(printable(line) + "\n" for line in lines))
 
 
 def _one_line(parts: Iterable[object]) -> str:
@@ -271,7 +277,7 @@ def _emit_token(hub: Any, args: argparse.Namespace, token: str, summary: list[st
     if args.output:
         path = write_private_file(args.output, token, hub.ask_confirm)
         for line in summary:
-            hub.info(line)
+            hub.info(printable(line))
         hub.info(f"token written to {path} (mode 0600)")
         return
     for line in summary:
@@ -603,7 +609,7 @@ def token_inspect(hub: Any, args: argparse.Namespace) -> None:
         lines += [f"  - {r['description']}" for r in data["restrictions"]]
     else:
         lines.append("restrictions: none")
-    sys.stdout.write("\n".join(lines) + "\n")
+    _stdout_lines(lines)
 
 
 # --------------------------------------------------------------------------
@@ -644,7 +650,7 @@ def _print_entry(entry: dict[str, Any], now: int) -> None:
     if entry.get("format") == "1.x":
         lines.append("    format   older devpi-tokens 1.x token")
     lines += [f"    - {r['description']}" for r in entry["restrictions"]]
-    sys.stdout.write("\n".join(lines) + "\n")
+    _stdout_lines(lines)
 
 
 # --------------------------------------------------------------------------

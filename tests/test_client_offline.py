@@ -435,3 +435,17 @@ def test_output_file_unwritable_dir(client, tmp_path):
     proc = client.fails("token-derive", "--token", mint(window()), "-e", "1h",
                         "-o", str(tmp_path / "no" / "such" / "dir" / "t"))
     assert_one_line_error(proc, "cannot write")
+
+
+def test_inspect_escapes_control_characters_from_the_token(client):
+    """A token someone handed you cannot drive your terminal or forge lines."""
+    user = "root\x1b]0;pwned\x07\x1b[2K\rok"
+    raw = mint(ProjectNames(("x\x1b[31mRED\x1b[0m\nforged line", "ok\u202e")), user=user)
+    proc = client.run("token-inspect", "--token", raw)
+    out = proc.stdout + proc.stderr
+    for control in ("\x1b", "\r", "\x07", "\u202e"):
+        assert control not in out
+    assert not any(line.startswith("forged line") for line in out.splitlines())
+    assert "\\x1b]0;pwned" in out  # shown, escaped
+    data = json.loads(client.run("token-inspect", "--token", raw, "--json").stdout)
+    assert data["user"] == user  # JSON keeps the plain data
