@@ -59,19 +59,24 @@ def main(argv: list[str]) -> int:
 
 
 def run_child(args: list[str], env: dict[str, str]) -> int:
-    """Run ``args`` and wait for it, also through Ctrl-C.
+    """Run ``args`` and wait for it; Ctrl-C, ``kill -INT`` and ``kill`` stop it.
 
-    Ctrl-C reaches the child too (same process group); it shuts down by itself
-    (devpi-server closes its storage), so we keep waiting instead of killing it.
+    The child runs in a process group of its own, so a terminal's Ctrl-C
+    reaches only this script, which passes SIGINT and SIGTERM on to the child
+    exactly once each time: the same stop whether it came from a terminal or
+    from ``kill -INT PID`` of this script.  The child stops what it started
+    by PID (the quick-start server stops devpi-server cleanly).
     """
-    proc = subprocess.Popen(args, cwd=HERE, env=env)
-    # `kill PID` of this script must not orphan the server: pass it on
-    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum))
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            continue
+    new_group = {"preexec_fn": os.setpgrp} if os.name == "posix" else {}
+    proc = subprocess.Popen(args, cwd=HERE, env=env, **new_group)
+
+    def forward(signum: int, frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    return proc.wait()
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -188,7 +190,7 @@ def server_command(demo: DemoDir, port: int, extra: Sequence[str] = ()) -> list[
             *extra]
 
 
-def wait_until_up(proc: subprocess.Popen, url: str, timeout: float = 60) -> None:
+def wait_until_up(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not api_answers(url, timeout=1):
         if proc.poll() is not None:
@@ -265,10 +267,17 @@ def run_server(demo: DemoDir, port: int, extra: Sequence[str]) -> int:
     for line in demo.prepare():
         print(f"[quickstart] created {line}", flush=True)
     print(f"[quickstart] $ {shlex.join(server_command(demo, port, extra))}", flush=True)
-    proc = subprocess.Popen(server_command(demo, port, extra), stdin=subprocess.DEVNULL)
-    # Ctrl-C reaches devpi-server too (same process group); SIGTERM only us.
-    # Either way we stop it by PID and wait, so its storage is closed cleanly.
+    proc = subprocess.Popen(
+        server_command(demo, port, extra), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pump = threading.Thread(target=pass_output, args=(proc,), daemon=True)
+    pump.start()
+    # Ctrl-C may reach devpi-server too (same process group), SIGTERM and
+    # `kill -INT` only us.  Either way we stop it by PID and wait, so its
+    # storage is closed cleanly.  SIGINT gets a handler of its own too: a
+    # process started in the background inherits it ignored.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         wait_until_up(proc, url)
         write_private(demo.state_file, json.dumps({"pid": proc.pid, "url": url}))
@@ -285,8 +294,24 @@ def run_server(demo: DemoDir, port: int, extra: Sequence[str]) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the wait
         stop_process(proc)
+        pump.join(5)
         demo.state_file.unlink(missing_ok=True)
         print(f"[quickstart] devpi-server (pid {proc.pid}) stopped", flush=True)
+
+
+#: devpi-server 6.x prints the repr of a context manager when SIGINT stops
+#: it; a stray line with nothing for the reader
+_SHUTDOWN_NOISE = re.compile(rb"<contextlib\._GeneratorContextManager object at 0x[0-9a-f]+>\r?\n")
+
+
+def pass_output(proc: subprocess.Popen) -> None:
+    """Copy devpi-server's output to ours, line by line, minus its shutdown noise."""
+    assert proc.stdout is not None
+    out = sys.stdout.buffer
+    for line in proc.stdout:
+        if not _SHUTDOWN_NOISE.fullmatch(line):
+            out.write(line)
+            out.flush()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
