@@ -20,6 +20,8 @@ import time
 from typing import Any
 from typing import Callable
 from typing import Iterable
+from typing import Literal
+from typing import overload
 
 from pluggy import HookimplMarker
 
@@ -195,7 +197,8 @@ def token_purge_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @hookimpl
-def devpiclient_subcommands() -> list[tuple[Callable, str, str]]:
+def devpiclient_subcommands() -> list[
+        tuple[Callable[[argparse.ArgumentParser], None], str, str]]:
     return [
         (token_create_arguments, "token-create", f"{MODULE}:token_create"),
         (token_derive_arguments, "token-derive", f"{MODULE}:token_derive"),
@@ -247,7 +250,9 @@ def _route_errors_to_stderr(hub: Any) -> None:
     hub.warn = hub.warning = warn
 
 
-def _command(func: Callable[[Any, argparse.Namespace], None]) -> Callable:
+def _command(
+        func: Callable[[Any, argparse.Namespace], None],
+) -> Callable[[Any, argparse.Namespace], None]:
     """Wrap a handler: every TokenError becomes one line on stderr, exit 1."""
     @functools.wraps(func)
     def handler(hub: Any, args: argparse.Namespace) -> None:
@@ -403,7 +408,7 @@ def _refusal(reply: Any) -> str:
     return f"{reply.status_code} {reply.reason}: {message}"
 
 
-def _request(hub: Any, method: str, url: Any, body: dict | None, expect: str,
+def _request(hub: Any, method: str, url: Any, body: dict[str, Any] | None, expect: str,
              what: str) -> Any:
     """Send a JSON request; a refusal becomes a ClientError with the server's reason."""
     reply = hub.http_api(method, url, body, quiet=True, fatal=False)
@@ -425,6 +430,10 @@ def _request(hub: Any, method: str, url: Any, body: dict | None, expect: str,
 # --------------------------------------------------------------------------
 # time options
 
+@overload
+def _parse_time(option: str, text: str, now: int, allow_never: Literal[False]) -> int: ...
+@overload
+def _parse_time(option: str, text: str, now: int, allow_never: bool) -> int | None: ...
 def _parse_time(option: str, text: str, now: int, allow_never: bool) -> int | None:
     try:
         when = parse_when(text, now, allow_never=allow_never)
@@ -433,6 +442,10 @@ def _parse_time(option: str, text: str, now: int, allow_never: bool) -> int | No
     return when
 
 
+@overload
+def _parse_expires(text: str, now: int, allow_never: Literal[False]) -> int: ...
+@overload
+def _parse_expires(text: str, now: int, allow_never: bool) -> int | None: ...
 def _parse_expires(text: str, now: int, allow_never: bool) -> int | None:
     when = _parse_time("-e", text, now, allow_never)
     if when is not None and when <= now:
@@ -694,7 +707,8 @@ def token_login(hub: Any, args: argparse.Namespace) -> None:
 
 def _index_name(hub: Any) -> str:
     """The current index as USER/INDEX (devpi keeps the full URL)."""
-    root, index = hub.current.root_url.url, hub.current.index_url.url
+    root: str = hub.current.root_url.url
+    index: str = hub.current.index_url.url
     if index.startswith(root):
         return index[len(root):].strip("/")
     return index

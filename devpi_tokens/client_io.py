@@ -74,7 +74,7 @@ def _have_terminal() -> bool:
     return True
 
 
-def write_private_file(path: str | os.PathLike, text: str,
+def write_private_file(path: str | os.PathLike[str], text: str,
                        confirm_overwrite: Callable[[str], bool]) -> Path:
     """Write ``text`` to a new file with mode 0600.
 

@@ -84,7 +84,8 @@ def api_answers(url: str, timeout: float = 2) -> bool:
     req = urllib.request.Request(url + "/+api", headers={"Accept": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (loopback)
-            return json.loads(resp.read()).get("type") == "apiconfig"
+            answer: bool = json.loads(resp.read()).get("type") == "apiconfig"
+            return answer
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
@@ -190,7 +191,7 @@ def server_command(demo: DemoDir, port: int, extra: Sequence[str] = ()) -> list[
             *extra]
 
 
-def wait_until_up(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
+def wait_until_up(proc: subprocess.Popen[bytes], url: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not api_answers(url, timeout=1):
         if proc.poll() is not None:
@@ -200,7 +201,7 @@ def wait_until_up(proc: subprocess.Popen, url: str, timeout: float = 180) -> Non
         time.sleep(0.1)
 
 
-def stop_process(proc: subprocess.Popen, timeout: float = 20) -> None:
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
     """Stop ``proc`` by its PID: SIGINT (devpi-server's clean shutdown), then
     SIGTERM (where SIGINT is ignored, as in a shell's background job), then
     SIGKILL if it still lingers."""
@@ -304,7 +305,7 @@ def run_server(demo: DemoDir, port: int, extra: Sequence[str]) -> int:
 _SHUTDOWN_NOISE = re.compile(rb"<contextlib\._GeneratorContextManager object at 0x[0-9a-f]+>\r?\n")
 
 
-def pass_output(proc: subprocess.Popen) -> None:
+def pass_output(proc: subprocess.Popen[bytes]) -> None:
     """Copy devpi-server's output to ours, line by line, minus its shutdown noise."""
     assert proc.stdout is not None
     out = sys.stdout.buffer
@@ -383,7 +384,7 @@ class Step:
         return text
 
     def run(self, args: Sequence[str], *, expect_ok: bool = True, shown_as: str | None = None,
-            max_lines: int | None = None) -> subprocess.CompletedProcess:
+            max_lines: int | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``args``, print ``$ command`` and its indented output.
 
         Console scripts show by their bare name (``devpi``): the quick start
@@ -437,7 +438,7 @@ class BackgroundServer:
     def __init__(self, demo: DemoDir, port: int) -> None:
         self.demo = demo
         self.port = port
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.log = demo.root / "demo-server.log"
 
     def __enter__(self) -> str:

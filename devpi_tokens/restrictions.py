@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from dataclasses import field
 from datetime import datetime
 from datetime import timezone
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import Callable
 from typing import ClassVar
 from typing import Iterable
+from typing import Literal
 import json
 import re
 
@@ -111,7 +113,8 @@ def normalize_project(name: str) -> str:
     ``[-_.]``, or ``str.lower`` on non-ASCII letters such as the KELVIN SIGN)
     would let a name match here and name another project there.
     """
-    return normalize_name(name)
+    normalized: str = normalize_name(name)
+    return normalized
 
 
 #: PEP 508 distribution names (ASCII letters and digits, inner ``._-``).
@@ -131,7 +134,7 @@ def project_name_problem(name: str) -> str | None:
 class Success:
     """A met restriction.  Truthy."""
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> Literal[True]:
         return True
 
     def __repr__(self) -> str:
@@ -147,7 +150,7 @@ class Failure:
 
     reason: str
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> Literal[False]:
         return False
 
 
@@ -208,8 +211,15 @@ def _names(values: Iterable[str]) -> str:
 class _Window(Restriction):
     """Shared logic of every validity window format."""
 
-    not_after: int | None
-    not_before: int | None
+    if TYPE_CHECKING:
+        # Read-only for the type checker: subclasses (frozen dataclasses)
+        # either hold these as fields or fix one to None as a class
+        # attribute.  Not real properties: they would shadow the fields.
+        @property
+        def not_after(self) -> int | None: ...
+
+        @property
+        def not_before(self) -> int | None: ...
 
     def check(self, ctx: Context) -> Result:
         if self.not_before is not None and ctx.now < self.not_before:

@@ -28,6 +28,7 @@ How a request with a token flows through devpi-server:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from typing import Any
@@ -57,6 +58,7 @@ from .tokens import looks_like_token
 
 
 if TYPE_CHECKING:
+    from pyramid.registry import Registry
     from pyramid.request import Request
 
     from .server_store import TokenStore
@@ -169,7 +171,8 @@ def refuse_impossible_username(credentials: Any) -> None:
 
 
 def get_store(request: Request) -> TokenStore:
-    return request.registry[STORE_KEY]
+    store: TokenStore = request.registry[STORE_KEY]
+    return store
 
 
 def authenticate(request: Request, claimed_user: str, raw: str) -> TokenIdentity:
@@ -244,7 +247,7 @@ def _verified(store: TokenStore, raw: str) -> tuple[str, str, tuple[Restriction,
 # ---------------------------------------------------------------------------
 # denials
 
-class _DeniedPermission(frozenset):
+class _DeniedPermission(frozenset[str]):
     """The permission part of one Deny ACE that remembers why it denies.
 
     Pyramid's ACL check asks ``permission in ace_permissions``; when that
@@ -252,7 +255,10 @@ class _DeniedPermission(frozenset):
     restriction refused the request.
     """
 
-    def __new__(cls, permission: str, reason: str, identity: TokenIdentity):
+    reason: str
+    identity: TokenIdentity
+
+    def __new__(cls, permission: str, reason: str, identity: TokenIdentity) -> _DeniedPermission:
         self = super().__new__(cls, (permission,))
         self.reason = reason
         self.identity = identity
@@ -264,7 +270,8 @@ class _DeniedPermission(frozenset):
             self.identity.last_denial = self.reason
         return hit
 
-    def __reduce__(self):  # plain frozenset when copied or pickled
+    def __reduce__(self) -> tuple[type[frozenset[str]], tuple[tuple[str, ...]]]:
+        # plain frozenset when copied or pickled
         return (frozenset, (tuple(self),))
 
 
@@ -282,7 +289,9 @@ def _acl_permissions(acl: Iterable[Any]) -> set[str]:
     return permissions
 
 
-def denials(request: Request, acl: Iterable[Any], stage: Any) -> set[tuple[str, frozenset]] | None:
+def denials(
+    request: Request, acl: Iterable[Any], stage: Any,
+) -> set[tuple[str, frozenset[str]]] | None:
     """Deny ACEs for every permission the request's token may not use."""
     identity = getattr(request, "identity", None)
     if not isinstance(identity, TokenIdentity):
@@ -376,11 +385,14 @@ def extracted_credentials(request: Any) -> tuple[str, str] | None:
     return getattr(request, CREDENTIALS_ATTR, None)
 
 
-def token_tween_factory(handler, registry):
+def token_tween_factory(
+    handler: Callable[[Request], Response], registry: Registry,
+) -> Callable[[Request], Response]:
     """Tween (inside the keyfs transaction): verify early, explain refusals."""
 
-    def token_tween(request: Request):
-        identity = guard = None
+    def token_tween(request: Request) -> Response:
+        identity: Any = None  # devpi-server's request.identity
+        guard: BasesGuard | None = None
         try:
             if _request_has_token(request):
                 # loads (and caches) the identity: the token is checked here,

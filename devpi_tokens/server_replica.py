@@ -87,7 +87,8 @@ def _thread_attr(thread: Any, *names: str) -> Any:
 
 
 def local_serial(xom: XOM) -> int:
-    return xom.keyfs.get_current_serial()
+    serial: int = xom.keyfs.get_current_serial()
+    return serial
 
 
 def primary_serial(xom: XOM) -> int | None:

@@ -48,6 +48,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import NamedTuple
+from typing import cast
 import base64
 import binascii
 import hashlib
@@ -69,6 +70,8 @@ from .tokens import new_token_id
 
 
 if TYPE_CHECKING:
+    from devpi_server.keyfs_types import PTypedKey
+    from devpi_server.keyfs_types import TypedKey
     from devpi_server.main import XOM
 
 
@@ -193,10 +196,15 @@ class TokenStore:
 
     # -- reading -------------------------------------------------------------
 
+    def _user_key(self, username: str) -> TypedKey[dict[str, Any]]:
+        # keyfs types its keys only as "PTypedKey | TypedKey"; USER is the
+        # pattern key "{user}/.config" (devpi-server casts it the same way)
+        return cast("PTypedKey[dict[str, Any]]", self.xom.keyfs.USER)(user=username)
+
     def _user_value(self, username: str) -> Mapping[str, Any]:
         # keyfs hands out a read-only view of its cached value: no copy.
         # (User.get() would deep-copy the whole record.)
-        return self.xom.keyfs.USER(user=username).get()
+        return self._user_key(username).get()
 
     def _tables(self, username: str) -> Tables:
         """The user's token table (parsed, cached) and 1.x's table, both read-only."""
@@ -258,7 +266,8 @@ class TokenStore:
         return record, handle
 
     def user_exists(self, username: str) -> bool:
-        return self.xom.keyfs.USER(user=username).exists()
+        exists: bool = self._user_key(username).exists()
+        return exists
 
     def list_tokens(self, username: str) -> dict[str, dict[str, Any]]:
         """Public information of every token of a user, oldest first; never a key or salt."""
@@ -300,7 +309,7 @@ class TokenStore:
         time with it.  Needs a write transaction.
         """
         ids = []
-        with self.xom.keyfs.USER(user=username).update() as userconfig:
+        with self._user_key(username).update() as userconfig:
             table = writable_table(userconfig, username)
             v1_table = userconfig.get(V1_FIELD)
             taken = v1_table if isinstance(v1_table, Mapping) else {}
@@ -347,7 +356,7 @@ class TokenStore:
 
     def _remove(self, username: str, token_ids: Sequence[str]) -> None:
         # from whichever table holds them; 1.x's records are dropped in place
-        with self.xom.keyfs.USER(user=username).update() as userconfig:
+        with self._user_key(username).update() as userconfig:
             table = writable_table(userconfig, username)
             v1_table = userconfig.get(V1_FIELD)
             for token_id in token_ids:
@@ -675,8 +684,9 @@ def public_info(record: Mapping[str, Any]) -> dict[str, Any]:
 def _caveats(record: Mapping[str, Any]) -> list[str]:
     raw = record.get("restrictions")
     # keyfs views and parsed tables hold read-only sequences, not lists
-    is_list = isinstance(raw, Sequence) and not isinstance(raw, (str, bytes))
-    return [x for x in raw if isinstance(x, str)] if is_list else []
+    if isinstance(raw, Sequence) and not isinstance(raw, (str, bytes)):
+        return [x for x in raw if isinstance(x, str)]
+    return []
 
 
 def _parsed(caveats: list[str]) -> list[Restriction]:

@@ -100,7 +100,8 @@ def _authorize(request: Request, action: str) -> tuple[str, bool] | Response:
 
 
 def get_store(request: Request) -> TokenStore:
-    return request.registry[STORE_KEY]
+    store: TokenStore = request.registry[STORE_KEY]
+    return store
 
 
 # ---------------------------------------------------------------------------

@@ -75,7 +75,8 @@ def _deserialize(body: str) -> Macaroon:
 
 def _identifier(macaroon: Macaroon) -> str:
     try:
-        return macaroon.identifier_bytes.decode("utf-8")
+        identifier: str = macaroon.identifier_bytes.decode("utf-8")
+        return identifier
     except (UnicodeDecodeError, AttributeError):
         raise MalformedToken("token identifier is not valid UTF-8") from None
 
@@ -176,7 +177,8 @@ class Token:
         verifier = Verifier()
         verifier.satisfy_general(_accept_parsed_caveat)
         try:
-            return verifier.verify(self.macaroon, key)
+            verified: bool = verifier.verify(self.macaroon, key)
+            return verified
         except Exception:  # noqa: BLE001 - pymacaroons signals a bad chain in several ways
             return False
 
