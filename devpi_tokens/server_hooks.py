@@ -74,4 +74,6 @@ def devpiserver_auth_denials(request: Any, acl: Any, user: Any, stage: Any) -> A
 
 @hookimpl
 def devpiserver_get_features() -> set[str]:
-    return {"devpi-tokens"}
+    # "tokens" is what devpi-admin's web UI looks for in /+api to offer its
+    # token manager (before login too)
+    return {"devpi-tokens", "tokens"}

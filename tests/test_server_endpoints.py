@@ -350,3 +350,10 @@ def test_empty_body_means_defaults(alice):
     r = alice.app.post(
         "/alice/+token-create", b"", headers={**basic("alice", "pw"), **JSON})
     assert r.status_code == 201
+
+
+def test_api_advertises_the_plugin_to_devpi_admin(srv):
+    """devpi-admin offers its token manager when /+api lists "tokens"."""
+    features = srv.app.get("/+api", headers=JSON).json["result"]["features"]
+    assert "devpi-tokens" in features
+    assert "tokens" in features
