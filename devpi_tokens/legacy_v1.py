@@ -139,10 +139,12 @@ class KeyCache:
                 return key
             key = derive_v1_key(base_key, salt)
             self.derivations += 1
-        with self._lock:
-            self._entries[slot] = key
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            # stored before the derive lock is released: a thread waiting
+            # for it must find the key, not derive it again
+            with self._lock:
+                self._entries[slot] = key
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
         return key
 
     def __len__(self) -> int:

@@ -120,7 +120,7 @@ def get_json(url: str, timeout: float = 5, headers: dict | None = None) -> dict:
         return json.loads(resp.read())
 
 
-def wait_for_api(server: ServerProcess, timeout: float = 60) -> None:
+def wait_for_api(server: ServerProcess, timeout: float = 180) -> None:
     """Poll <url>/+api until it answers; fail early if the process died."""
     deadline = time.monotonic() + timeout
     while True:
@@ -149,7 +149,8 @@ def start_server(
     root_password: str = "",
     secretfile: Path | None | bool = True,
     offline: bool = True,
-    timeout: float = 60,
+    # devpi-server takes seconds to start, over a minute on a loaded machine
+    timeout: float = 180,
     env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """Start devpi-server on 127.0.0.1 and wait until /+api answers.
@@ -211,11 +212,17 @@ class DevpiClient:
         self.env["DEVPI_CLIENTDIR"] = str(self.clientdir)
 
     def run(self, *args: str, input: str | None = None, check: bool = True,
-            cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        """Run ``devpi ARGS --clientdir DIR``; with check, fail on non-zero exit."""
+            cwd: Path | None = None, timeout: float = 120,
+            merge_output: bool = False) -> subprocess.CompletedProcess:
+        """Run ``devpi ARGS --clientdir DIR``; with check, fail on non-zero exit.
+
+        ``merge_output``: stderr goes into stdout, in the order written (as a
+        terminal shows it).
+        """
         cmd = [bin_path("devpi"), *map(str, args), "--clientdir", str(self.clientdir)]
+        stderr = subprocess.STDOUT if merge_output else subprocess.PIPE
         proc = subprocess.run(
-            cmd, input=input, capture_output=True, text=True, env=self.env,
+            cmd, input=input, stdout=subprocess.PIPE, stderr=stderr, text=True, env=self.env,
             cwd=cwd, timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL,
             # no controlling terminal: a prompt must never wait for the developer
             start_new_session=True)
