@@ -368,7 +368,15 @@ def refusal_response(request: Request, status: int, reason: str) -> Response:
 CREDENTIALS_ATTR = "_devpi_tokens_credentials"
 
 
+#: devpi's password login: it authenticates the user and password in its
+#: body, whatever login the client sent along (devpi-client sends its
+#: current one, a token after ``token-login``).
+LOGIN_PATH = "/+login"
+
+
 def _request_has_token(request: Request) -> bool:
+    if request.path_info == LOGIN_PATH:
+        return False
     hook = request.registry["xom"].config.hook
     credentials = hook.devpiserver_get_credentials(request=request)
     if find_token(credentials) is None:

@@ -114,3 +114,19 @@ def test_token_cannot_be_exchanged_for_a_login(alice):
         "/+login", {"user": "alice", "password": token}, headers=JSON, expect_errors=True)
     assert r.status_code == 401
 
+
+
+def test_password_login_while_logged_in_with_a_token(alice):
+    """devpi-client sends its current (token) login along with `devpi login`."""
+    token = alice.create_token("alice")
+    headers = {**devpi_auth("alice", token), "Accept": "application/json"}
+    r = alice.app.post_json(
+        "/+login", {"user": "alice", "password": "pw"}, headers=headers, expect_errors=True)
+    assert r.status_code == 200, r.text
+    assert r.json["type"] == "proxyauth"
+    # the session it gives is a password login: it may manage tokens
+    session = devpi_auth("alice", r.json["result"]["password"])
+    assert alice.app.get("/alice/+tokens", headers=session).status_code == 200
+    r = alice.app.post_json(
+        "/+login", {"user": "alice", "password": "wrong"}, headers=headers, expect_errors=True)
+    assert r.status_code == 401
