@@ -560,11 +560,13 @@ def derive_restrictions(token: Token, args: argparse.Namespace, now: int) -> lis
     existing = token.restrictions
     projects = split_list(args.projects)
     if projects is not None:
+        # an invalid name is the first thing to say, whatever the token allows
+        restriction = _checked(ProjectNames(tuple(projects)))
         _subset_check("projects", projects, [
             r.names for r in existing
             if isinstance(r, (ProjectNames, LegacyProjectNames, V1Projects))],
             key=normalize_project)
-        added.append(_checked(ProjectNames(tuple(projects))))
+        added.append(restriction)
     indexes = split_list(args.indexes)
     if indexes is not None:
         _subset_check("indexes", indexes, [
