@@ -642,7 +642,9 @@ def token_list(hub: Any, args: argparse.Namespace) -> None:
     now = int(time.time())
     entries = [list_entry(tid, info if isinstance(info, dict) else {}, now)
                for tid, info in tokens.items()]
-    entries.sort(key=lambda e: (e["created"] if isinstance(e["created"], int) else 0, e["id"]))
+    # oldest first; the server lists in creation order, which breaks ties
+    # within one second (a stable sort keeps it)
+    entries.sort(key=lambda e: e["created"] if isinstance(e["created"], int) else 0)
     if args.json:
         _print_json({"user": user, "tokens": entries})
         return
