@@ -34,3 +34,17 @@ def test_ruff() -> None:
 def test_mypy(tmp_path: Path) -> None:
     # files and strictness come from [tool.mypy]; the cache stays out of the tree
     _check([str(BIN / "mypy"), "--cache-dir", str(tmp_path / "mypy_cache")])
+
+
+def test_readme_is_valid_restructuredtext():
+    """A broken table or link in the README is an error, not a silent mess on PyPI."""
+    import docutils.core
+    import docutils.utils
+
+    text = (ROOT / "README.rst").read_text()
+    try:
+        docutils.core.publish_string(
+            text, writer_name="null",
+            settings_overrides={"report_level": 2, "halt_level": 2})
+    except docutils.utils.SystemMessage as exc:
+        pytest.fail(f"README.rst: {exc}")
