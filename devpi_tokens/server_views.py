@@ -155,7 +155,8 @@ def _string_list(
         problem = check(item)
         if problem:
             raise BadRequest(problem)
-    return tuple(value)
+    # a name given twice (`-p foo -p foo`) is one name
+    return tuple(dict.fromkeys(value))
 
 
 def _check_index(name: str) -> str | None:

@@ -357,3 +357,9 @@ def test_api_advertises_the_plugin_to_devpi_admin(srv):
     features = srv.app.get("/+api", headers=JSON).json["result"]["features"]
     assert "devpi-tokens" in features
     assert "tokens" in features
+
+
+def test_create_keeps_each_listed_name_once(alice):
+    token = alice.create_token("alice", projects=["foo", "bar", "foo"], allowed=["upload"] * 3)
+    assert [r.dump() for r in Token.load(token).restrictions[1:]] == [
+        '[1,["foo","bar"]]', '["devpi:allowed",["upload"]]']
