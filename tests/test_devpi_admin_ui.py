@@ -15,6 +15,13 @@ is never used) and read the rendered cells:
 - a token issued from the UI's form carries what was ticked, works, and shows
   up in the listing; revoking it from the UI makes the server refuse it.
 
+devpi-admin is installed for this module only, into a directory of its own
+that only this module's devpi-server gets on its ``PYTHONPATH``: installed in
+the test environment, it would load into every test's devpi-server, and its
+own read checks answer before devpi's (and the plugin's), which the other
+tests must not depend on.  ``DEVPI_ADMIN_TARGET`` names a directory that
+already holds it (no install then).
+
 One devpi-server process (``--offline-mode``, free loopback port) serves the
 module and is stopped by PID; Chromium is quit in a finalizer.  Screenshots of
 the modals land in each test's ``tmp_path`` (their paths are printed).
@@ -23,7 +30,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -141,10 +151,34 @@ def bearer_upload(server, token: str, wheel: Path, name: str, index: str) -> tup
 # --------------------------------------------------------------------------
 # fixtures: one server with alice, two indexes and three minted tokens
 
+DEVPI_ADMIN = "devpi-admin==1.5.2"
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def devpi_admin_dir(tmp_path_factory) -> Path:
+    """A directory holding devpi-admin (and only it: devpi-server is ours)."""
+    preset = os.environ.get("DEVPI_ADMIN_TARGET")
+    if preset:
+        return Path(preset)
+    target = tmp_path_factory.mktemp("devpi-admin")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "--no-deps", "--target", str(target), DEVPI_ADMIN],
+        capture_output=True, text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        reason = f"could not install {DEVPI_ADMIN}: {proc.stderr.strip()[-300:]}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return target
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, devpi_admin_dir):
     base = tmp_path_factory.mktemp("admin-ui")
-    proc = start_server(base / "server", root_password=ROOT_PASSWORD)
+    proc = start_server(base / "server", root_password=ROOT_PASSWORD,
+                        env={"PYTHONPATH": str(devpi_admin_dir)})
+    assert "Found plugin devpi-admin-1.5.2" in proc.log(), proc.log()[-2000:]
     try:
         ok_json(http(proc, "PUT", f"/{USER}",
                      body={"password": PASSWORD, "email": f"{USER}@example.com"}), 201)

@@ -203,7 +203,9 @@ from pluggy import HookimplMarker
 hookimpl = HookimplMarker("devpiserver")
 
 
-@hookimpl
+# tryfirst: the hook is firstresult, and devpi-admin (installed with the
+# tests) answers it too, with its own default of anonymous reading
+@hookimpl(tryfirst=True)
 def devpiserver_stage_get_principals_for_pkg_read(ixconfig):
     return [{USER!r}]
 """

@@ -352,7 +352,7 @@ class PrivateIndexes:
     hookimpl = HookimplMarker("devpiserver")
 
     @staticmethod
-    @hookimpl
+    @hookimpl(tryfirst=True)
     def devpiserver_stage_get_principals_for_pkg_read(ixconfig):
         return ["alice"] if ixconfig.get("description") == "private" else None
 
