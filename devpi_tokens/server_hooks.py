@@ -12,8 +12,17 @@ from typing import Any
 from pluggy import HookimplMarker
 from pyramid.events import ContextFound
 
+from . import oidc_config
 from . import server_enforce
 from . import server_replica
+from .oidc_config import ConfigError
+from .oidc_config import OIDCSettings
+from .oidc_keys import KeyRing
+from .oidc_views import OIDC_KEY
+from .oidc_views import OIDCState
+from .publishers import MintedTokenPurger
+from .publishers import PublisherStore
+from .publishers import register_keys
 from .server_enforce import STORE_KEY
 from .server_log import log
 from .server_store import TokenStore
@@ -26,6 +35,11 @@ TWEEN = "devpi_tokens.server_enforce.token_tween_factory"
 
 
 @hookimpl
+def devpiserver_add_parser_options(parser: Any) -> None:
+    oidc_config.add_parser_options(parser)
+
+
+@hookimpl
 def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     xom = pyramid_config.registry["xom"]
     store = TokenStore(xom)
@@ -35,13 +49,38 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     warning = secret_warning(xom)
     if warning:
         log(xom.log).warning("devpi-tokens: %s", warning)
+    pyramid_config.registry[OIDC_KEY] = oidc_state(xom)
+    if not xom.is_replica() and not xom.config.requests_only:
+        # expired minted tokens go without anyone asking
+        xom.thread_pool.register(MintedTokenPurger(xom, store))
     pyramid_config.include("devpi_tokens.server_views")
+    pyramid_config.include("devpi_tokens.oidc_views")
     pyramid_config.add_tween(
         TWEEN, under="devpi_server.views.tween_keyfs_transaction")
     # after routing, before the view: token writes with unreadable bodies
     pyramid_config.add_subscriber(server_enforce.refuse_unreadable_body, ContextFound)
     # replicas only: refusals for a replica that cannot verify or forward
     server_replica.configure(pyramid_config, xom)
+
+
+def oidc_state(xom: Any) -> OIDCState:
+    """Trusted publishing's settings, issuer keys and store, built once at startup.
+
+    A bad option stops the server here, with the reason.
+    """
+    try:
+        settings = OIDCSettings.from_xom(xom)
+        keys = KeyRing(settings)
+    except ConfigError as exc:
+        log(xom.log).error("devpi-tokens: %s", str(exc))
+        raise SystemExit(f"devpi-tokens: {exc}") from None
+    register_keys(xom.keyfs)
+    if settings.enabled and settings.offline and any(
+            source.jwks_file is None for source in settings.issuers):
+        log(xom.log).warning(
+            "devpi-tokens: --offline-mode: trusted publishing cannot fetch the signing "
+            "keys of issuers given without a JWKS file (--oidc-issuer URL=PATH)")
+    return OIDCState(settings, keys, PublisherStore(xom))
 
 
 @hookimpl(specname="devpiserver_get_credentials", tryfirst=True)

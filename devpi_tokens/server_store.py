@@ -79,6 +79,9 @@ if TYPE_CHECKING:
 #: compact JSON string (see the module docstring).
 TABLE_FIELD = "devpi_tokens"
 
+#: Field of a token record minted by trusted publishing: the publisher's id.
+TRUSTED_FIELD = "trusted_publisher"
+
 #: Field where devpi-tokens 1.x kept its records, as dicts (read, not written).
 V1_FIELD = "tokens"
 
@@ -289,17 +292,23 @@ class TokenStore:
     def new_record(
         self, restrictions: Sequence[Restriction], *,
         created: int, expires: int | None, description: str = "",
+        extra: Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], bytes]:
-        """A record for a new token, and its salt (to derive the key from)."""
+        """A record for a new token, and its salt (to derive the key from).
+
+        ``extra`` adds fields of its own (e.g. :data:`TRUSTED_FIELD`); it
+        cannot replace the fields above.
+        """
         salt = secrets.token_bytes(SALT_BYTES)
-        record = {
+        record: dict[str, Any] = dict(extra or {})
+        record.update({
             "kdf": KDF_V2,
             "salt": _b64(salt),
             "created": created,
             "expires": expires,
             "description": description,
             "restrictions": [r.dump() for r in restrictions],
-        }
+        })
         return record, salt
 
     def add_records(self, username: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -325,10 +334,12 @@ class TokenStore:
     def create(
         self, username: str, restrictions: tuple[Restriction, ...], *,
         created: int, expires: int | None, description: str = "",
+        extra: Mapping[str, Any] | None = None,
     ) -> Token:
         """Store a new token record and mint its token.  Needs a write transaction."""
         record, salt = self.new_record(
-            restrictions, created=created, expires=expires, description=description)
+            restrictions, created=created, expires=expires, description=description,
+            extra=extra)
         (token_id,) = self.add_records(username, [record])
         return Token.mint(
             username, token_id, self.derive_key(username, token_id, salt), restrictions)
@@ -340,16 +351,20 @@ class TokenStore:
         self._remove(username, [token_id])
         return True
 
-    def purge_expired(self, username: str, now: int) -> list[str]:
+    def purge_expired(
+        self, username: str, now: int,
+        only: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> list[str]:
         """Remove every token of a user that expired at or before ``now``.
 
-        Returns the removed ids, sorted.  Tokens that never expire stay.
+        Returns the removed ids, sorted.  Tokens that never expire stay;
+        with ``only``, so do tokens whose record it does not accept.
         Needs a write transaction; the user record is only rewritten when
         something expired.
         """
         expired = sorted(
             str(token_id) for token_id, record in self._records(username)
-            if is_expired(record, now))
+            if is_expired(record, now) and (only is None or only(record)))
         if expired:
             self._remove(username, expired)
         return expired
@@ -675,6 +690,10 @@ def public_info(record: Mapping[str, Any]) -> dict[str, Any]:
         "indexes": _list_or_none(effective.indexes),
         "allowed": _list_or_none(effective.allowed),
     }
+    trusted = record.get(TRUSTED_FIELD)
+    if isinstance(trusted, str):
+        # minted by trusted publishing: the publisher's id
+        info["trusted_publisher"] = trusted
     if record.get("kdf") != KDF_V2:
         # written by devpi-tokens 1.x: listings mark it as the older format
         info["format"] = "1.x"
@@ -703,6 +722,11 @@ def _parsed(caveats: list[str]) -> list[Restriction]:
 
 def _list_or_none(values: tuple[str, ...] | None) -> list[str] | None:
     return None if values is None else list(values)
+
+
+def is_trusted_publishing(record: Mapping[str, Any] | None) -> bool:
+    """True for the record of a token minted by trusted publishing."""
+    return record is not None and isinstance(record.get(TRUSTED_FIELD), str)
 
 
 def is_expired(record: Mapping[str, Any], now: int) -> bool:
