@@ -1,11 +1,14 @@
-"""devpi-client subcommands (entry point devpi_client): the six token commands.
+"""devpi-client subcommands (entry point devpi_client): the token commands.
 
 ``token-create``, ``token-list`` and ``token-delete`` talk to the server's
 ``+token-create`` and ``+tokens`` endpoints; ``token-derive`` and
 ``token-inspect`` work offline on the token string alone; ``token-login``
 checks a token with the server and stores it as devpi-client's login, so
 ``devpi upload`` sends it (narrowed per upload by devpi-client itself when
-pypitoken can read the token).
+pypitoken can read the token); ``token-login --trusted-publishing`` first
+exchanges a CI job's identity for a token (client_trusted).  The
+trusted-publisher commands are defined here and run in client_publishers
+(which imports this module, so this one names it only as a string).
 
 Every failure ends with one line on stderr and exit status 1.
 """
@@ -25,6 +28,7 @@ from typing import overload
 
 from pluggy import HookimplMarker
 
+from . import client_trusted
 from .client_io import ClientError
 from .display import printable
 from .client_io import read_token
@@ -120,10 +124,10 @@ def _add_restrictions(parser: argparse.ArgumentParser, create: bool) -> None:
         help="only these projects (comma separated, may repeat)")
 
 
-def _add_user(parser: argparse.ArgumentParser) -> None:
+def _add_user(parser: argparse.ArgumentParser, what: str = "tokens") -> None:
     parser.add_argument(
         "-u", "--user", metavar="USER",
-        help="whose tokens (default: the logged in user; other users need "
+        help=f"whose {what} (default: the logged in user; other users need "
              "root or --restrict-modify rights)")
 
 
@@ -182,10 +186,75 @@ def token_login_arguments(parser: argparse.ArgumentParser) -> None:
 
     The token is checked with the server first and then stored like a
     'devpi login', so later commands such as 'devpi upload' use it.
-    Use 'devpi logoff' to forget it.
+    Use 'devpi logoff' to forget it.  In a CI job, --trusted-publishing
+    gets a short-lived token for the job's identity instead (see
+    'devpi publisher-add').
     """
     _add_token_input(parser)
-    parser.epilog = TOKEN_INPUT_HELP
+    parser.add_argument(
+        "--trusted-publishing", action="store_true", dest="trusted_publishing",
+        help="in a CI job (GitHub Actions, GitLab CI, Buildkite, CircleCI, Google "
+             "Cloud): exchange the job's OIDC identity token for a 15-minute token of "
+             "the user who registered the job as a trusted publisher, and log in with "
+             "it. A private CA: the server's goes in REQUESTS_CA_BUNDLE (devpi uses "
+             "requests), the CI platform's in SSL_CERT_FILE (the 'id' package uses "
+             "urllib3)")
+    parser.epilog = TOKEN_INPUT_HELP + " Not with --trusted-publishing."
+
+
+# publisher-add, publisher-list and publisher-delete run in client_publishers
+PUBLISHERS = "devpi_tokens.client_publishers"
+
+
+def publisher_add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Trust a CI workflow to upload to some of your indexes (trusted publishing).
+
+    A job of that workflow runs 'devpi token-login --trusted-publishing'
+    (or 'uv publish --trusted-publishing always', or
+    pypa/gh-action-pypi-publish) and gets a 15-minute token limited to the
+    given indexes (and projects), allowed to read and upload only: no
+    secret is stored in CI.  Needs your password login, like token-create.
+    """
+    _add_user(parser, "publishers")
+    parser.add_argument(
+        "--github", metavar="OWNER/REPO",
+        help="a GitHub repository, e.g. octo-org/sampleproject")
+    parser.add_argument(
+        "--gitlab", metavar="GROUP/PROJECT",
+        help="a GitLab project path, e.g. group/subgroup/project")
+    parser.add_argument(
+        "--workflow", metavar="FILE",
+        help="GitHub: the workflow's file name in .github/workflows, e.g. release.yml; "
+             "GitLab: the CI configuration file's path, e.g. .gitlab-ci.yml")
+    parser.add_argument(
+        "--environment", metavar="ENV",
+        help="only jobs running in this deployment environment (recommended)")
+    parser.add_argument(
+        "-i", "--indexes", metavar="INDEXES", action="append",
+        help="the indexes it may upload to (required): your own, as USER/INDEX or "
+             "INDEX (comma separated, may repeat)")
+    parser.add_argument(
+        "-p", "--projects", metavar="PROJECTS", action="append",
+        help="only these projects (comma separated, may repeat); default: any")
+    parser.add_argument(
+        "-d", "--description", metavar="TEXT",
+        help="a note shown by publisher-list")
+    parser.add_argument(
+        "--issuer", metavar="URL",
+        help="GitLab only: the GitLab instance's URL (default: https://gitlab.com)")
+
+
+def publisher_list_arguments(parser: argparse.ArgumentParser) -> None:
+    """List a user's trusted publishers: id, CI identity, indexes and projects."""
+    _add_user(parser, "publishers")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def publisher_delete_arguments(parser: argparse.ArgumentParser) -> None:
+    """Delete a trusted publisher; its CI jobs can get no more tokens."""
+    _add_user(parser, "publishers")
+    parser.add_argument(
+        "publisher_id", metavar="ID", help="the publisher id, see publisher-list")
 
 
 def token_purge_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,6 +276,9 @@ def devpiclient_subcommands() -> list[
         (token_delete_arguments, "token-delete", f"{MODULE}:token_delete"),
         (token_login_arguments, "token-login", f"{MODULE}:token_login"),
         (token_purge_arguments, "token-purge", f"{MODULE}:token_purge"),
+        (publisher_add_arguments, "publisher-add", f"{PUBLISHERS}:publisher_add"),
+        (publisher_list_arguments, "publisher-list", f"{PUBLISHERS}:publisher_list"),
+        (publisher_delete_arguments, "publisher-delete", f"{PUBLISHERS}:publisher_delete"),
     ]
 
 
@@ -691,16 +763,27 @@ def token_delete(hub: Any, args: argparse.Namespace) -> None:
 
 @_command
 def token_login(hub: Any, args: argparse.Namespace) -> None:
+    if args.trusted_publishing and (args.token_file is not None or args.token is not None):
+        raise ClientError(
+            "--trusted-publishing gets the token from the server in exchange for "
+            "the CI job's identity: give no -f or --token with it")
     _require_server(hub)
-    raw = read_token(args.token_file, args.token)
+    if args.trusted_publishing:
+        login_with_token(hub, client_trusted.exchange(hub), "trusted publishing token")
+        return
+    login_with_token(hub, read_token(args.token_file, args.token))
+
+
+def login_with_token(hub: Any, raw: str, kind: str = "token") -> None:
+    """Check ``raw`` locally and with the server, then store it as the login."""
     token = Token.load(raw)
     now = int(time.time())
     state, text = token_state(token.restrictions, now)
     if state != "valid":
-        raise ClientError(f"token {token.token_id} of user {token.user} is {text}")
+        raise ClientError(f"{kind} {token.token_id} of user {token.user} is {text}")
     _verify_with_server(hub, token)
     hub.current.set_auth(token.user, raw)
-    message = f"logged in {token.user!r} with token {token.token_id}"
+    message = f"logged in {token.user!r} with {kind} {token.token_id}"
     if hub.current.index:
         message += f" at {_index_name(hub)!r}"
     hub.info(f"{message}, {text}")

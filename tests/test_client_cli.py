@@ -31,8 +31,14 @@ EXPECTED = {
     "token-inspect": TOKEN_INPUT | {"--json"},
     "token-list": {"-u", "--user", "--json"},
     "token-delete": {"-u", "--user"},
-    "token-login": TOKEN_INPUT,
+    "token-login": TOKEN_INPUT | {"--trusted-publishing"},
+    "publisher-add": {"-u", "--user", "--github", "--gitlab", "--workflow", "--environment",
+                      "-i", "--indexes", "-p", "--projects", "-d", "--description",
+                      "--issuer"},
+    "publisher-list": {"-u", "--user", "--json"},
+    "publisher-delete": {"-u", "--user"},
 }
+POSITIONALS = {"token-delete": ["token_id"], "publisher-delete": ["publisher_id"]}
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -51,7 +57,7 @@ def test_exactly_the_documented_flags(command):
     options = {s for a in parser._actions for s in a.option_strings}
     assert options - GENERIC == EXPECTED[command]
     positionals = [a.dest for a in parser._actions if not a.option_strings]
-    assert positionals == (["token_id"] if command == "token-delete" else [])
+    assert positionals == POSITIONALS.get(command, [])
 
 
 def test_commands_listed_in_devpi_help(tmp_path):
