@@ -47,6 +47,8 @@ REFETCH_INTERVAL: Final = 60.0
 KEYS_MAX_AGE: Final = 3600.0
 #: Timeout of one HTTP request, seconds.
 FETCH_TIMEOUT: Final = 10.0
+#: Longest a request waits for an issuer's keys, discovery and JWKS together.
+FETCH_DEADLINE: Final = 15.0
 
 DISCOVERY_PATH: Final = "/.well-known/openid-configuration"
 
@@ -100,6 +102,27 @@ def https_get(url: str) -> bytes:
     return data
 
 
+class _Fetch:
+    """One key fetch in a daemon thread (a trickling issuer never blocks shutdown)."""
+
+    def __init__(self, fetch: Callable[[], tuple[jwt.PyJWK, ...]]) -> None:
+        self.keys: tuple[jwt.PyJWK, ...] | None = None
+        self.error: str | None = None
+        self.done = threading.Event()
+        self._fetch = fetch
+        threading.Thread(target=self._run, name="devpi-tokens-jwks", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.keys = self._fetch()
+        except FetchError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported as a failed fetch
+            self.error = type(exc).__name__
+        finally:
+            self.done.set()
+
+
 @dataclass(frozen=True)
 class _Keys:
     """The keys of one issuer as fetched (or read) at ``fetched_at``."""
@@ -133,6 +156,9 @@ class KeyRing:
         self._cache: dict[str, _Keys] = {}
         self._last_refetch: dict[str, float] = {}
         self._files: dict[str, _Keys] = {}
+        # per issuer: the fetch thread, and when (monotonic) and why the last fetch failed
+        self._running: dict[str, _Fetch] = {}
+        self._failures: dict[str, tuple[float, str]] = {}
         for source in settings.issuers:
             self._issuer_locks[source.url] = threading.Lock()
             if source.jwks_file is not None:
@@ -166,6 +192,7 @@ class KeyRing:
         return key
 
     def _fetched_key(self, issuer: str, kid: str | None) -> jwt.PyJWK | None:
+        waited_since = time.monotonic()
         with self._issuer_locks[issuer]:
             now = self._clock()
             cached = self._cache.get(issuer)
@@ -184,15 +211,38 @@ class KeyRing:
                     "invalid-token",
                     f"the server runs with --offline-mode and cannot fetch the signing "
                     f"keys of {issuer}; configure it with --oidc-issuer URL=PATH")
-            try:
-                keys = self._fetch_keys(issuer)
-            except FetchError as exc:
-                raise OIDCError(
-                    "invalid-token",
-                    f"could not fetch the signing keys of {issuer}: {exc}") from None
+            keys = self._fetch_within_deadline(issuer, waited_since)
             fetched = _Keys(keys, now)
             self._cache[issuer] = fetched
             return fetched.find(kid)
+
+    def _fetch_within_deadline(self, issuer: str, waited_since: float) -> tuple[jwt.PyJWK, ...]:
+        """Fetch the keys in a thread of their own, waiting at most FETCH_DEADLINE.
+
+        Called with the issuer's lock held.  A fetch that failed while this
+        request waited for the lock is its answer too: requests that queue
+        up behind a failing issuer do not fetch one after another.  A fetch
+        still running past the deadline (an issuer that trickles its answer)
+        is not started again until it ends: one thread per issuer at most.
+        """
+        failed = self._failures.get(issuer)
+        if failed is not None and failed[0] >= waited_since:
+            raise OIDCError("invalid-token", failed[1])
+        running = self._running.get(issuer)
+        if running is None or running.done.is_set():
+            running = _Fetch(lambda: self._fetch_keys(issuer))
+            self._running[issuer] = running
+        if not running.done.wait(FETCH_DEADLINE):
+            message = (f"could not fetch the signing keys of {issuer}: no complete answer "
+                       f"within {FETCH_DEADLINE:.0f} s")
+            self._failures[issuer] = (time.monotonic(), message)
+            raise OIDCError("invalid-token", message)
+        if running.error is not None:
+            message = f"could not fetch the signing keys of {issuer}: {running.error}"
+            self._failures[issuer] = (time.monotonic(), message)
+            raise OIDCError("invalid-token", message)
+        assert running.keys is not None
+        return running.keys
 
     def _fetch_keys(self, issuer: str) -> tuple[jwt.PyJWK, ...]:
         discovery_url = issuer.rstrip("/") + DISCOVERY_PATH

@@ -130,6 +130,8 @@ def mint_token(request: Request) -> Response:
     except OIDCError as error:
         log(request.log).info("trusted publishing: refused (%s): %s", error.code,
                               error.description)
+        # a refusal stores nothing (no jti used up, no owner id pinned)
+        _doom(request)
         return _refusal(error)
     except Exception as exc:  # noqa: BLE001 - whatever comes in, never a 500
         # only the type: the text might quote the JWT
@@ -145,12 +147,55 @@ def _doom(request: Request) -> None:
         tx.doom()
 
 
-def _mint(request: Request) -> Response:
+def _verified_claims(request: Request) -> dict[str, Any]:
+    """The claims of the request's JWT, verified; OIDCError if it is refused."""
     state = get_state(request)
     if not state.settings.enabled:
         raise OIDCError("not-enabled", DISABLED)
     raw = _body_token(request, "OIDC token (JWT)")
-    claims = verify_jwt(raw, state.settings, state.keys)
+    return verify_jwt(raw, state.settings, state.keys)
+
+
+#: Where :func:`verify_before_transaction_tween_factory` leaves its result.
+VERIFIED_KEY = "devpi_tokens.oidc.verified"
+MINT_PATHS = frozenset({"/_/oidc/mint-token", "/_/oidc/github/mint-token"})
+
+
+def verify_before_transaction_tween_factory(handler: Any, registry: Any) -> Any:
+    """Verify a mint request's JWT before devpi opens its write transaction.
+
+    Verifying may fetch an issuer's keys over the network.  Inside the
+    transaction that would hold devpi-server's write lock for as long as
+    the issuer takes to answer, and every other write (uploads, index
+    changes) would wait or fail.  So the JWT is checked here, above the
+    transaction tween, and the view only looks the publisher up and mints.
+    A replica relays the request to its primary, which verifies it.
+    """
+    is_replica = registry["xom"].is_replica()
+
+    def verify_tween(request: Request) -> Response:
+        if request.method == "POST" and request.path_info in MINT_PATHS and not is_replica:
+            try:
+                request.environ[VERIFIED_KEY] = _verified_claims(request)
+            except OIDCError as error:
+                request.environ[VERIFIED_KEY] = error
+            except Exception as exc:  # noqa: BLE001 - never a 500; only the type is logged
+                log().error(
+                    "trusted publishing: verification failed with %s", type(exc).__name__)
+                request.environ[VERIFIED_KEY] = OIDCError(
+                    "invalid-token", "the server could not process the token (its log says more)")
+        response: Response = handler(request)
+        return response
+
+    return verify_tween
+
+
+def _mint(request: Request) -> Response:
+    state = get_state(request)
+    verified = request.environ.get(VERIFIED_KEY)
+    if isinstance(verified, OIDCError):
+        raise verified
+    claims = verified if isinstance(verified, dict) else _verified_claims(request)
     issuer = str(claims["iss"])
     found = state.publishers.find(claims, issuer)
     if isinstance(found, str):

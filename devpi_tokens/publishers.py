@@ -36,6 +36,7 @@ import time
 from . import oidc_github
 from . import oidc_gitlab
 from .oidc_github import GitHubPublisher
+from .oidc_errors import OIDCError
 from .oidc_gitlab import GitLabPublisher
 from .restrictions import Allowed
 from .restrictions import Indexes
@@ -74,6 +75,11 @@ JTI_GRACE = 300
 MINTED_LIFETIME = 15 * 60
 #: What a minted token may do.
 MINTED_PERMISSIONS = ("pkg_read", "upload")
+#: Most tokens one publisher may have in use at once (each lives 15 minutes;
+#: uv burns its own after the upload).  Every mint rewrites its user's
+#: record, which keyfs keeps in its history, so a workflow asking again and
+#: again must not make that record grow without end.
+MAX_LIVE_MINTED = 50
 
 #: How often expired minted tokens are purged in the background, in seconds.
 PURGE_INTERVAL = 300
@@ -244,13 +250,28 @@ class PublisherStore:
             for publisher_id, record in self._publishers(username).items()
             if isinstance(record, Mapping)}
 
-    def holder_of(self, publisher: Publisher) -> tuple[str, str] | None:
-        """``(user, publisher id)`` of the registration of ``publisher``'s identity."""
+    def holder_of(
+        self, publisher: Publisher, username: str | None = None,
+    ) -> tuple[str, str] | None:
+        """``(user, publisher id)`` of a registration ``publisher`` conflicts with.
+
+        The same identity, by anyone; and, for a registration by
+        ``username``, the same workflow under another environment (or none)
+        by another user.  An environment-pinned publisher wins over an
+        unpinned one, so without that rule one user could register a pinned
+        copy of another user's workflow and receive that user's CI runs.
+        """
         identity = publisher.identity()
-        for username, publisher_id, record in self._all():
+        for holder, publisher_id, record in self._all():
             other = publisher_from_record(record)
-            if other is not None and other.identity() == identity:
-                return username, publisher_id
+            if other is None:
+                continue
+            theirs = other.identity()
+            if theirs == identity:
+                return holder, publisher_id
+            # the environment is the identity's last part
+            if username is not None and holder != username and theirs[:-1] == identity[:-1]:
+                return holder, publisher_id
         return None
 
     def add(
@@ -262,7 +283,7 @@ class PublisherStore:
         Raises :class:`PublisherConflict` when any user holds the identity,
         ValueError when the user has too many.  Needs a write transaction.
         """
-        holder = self.holder_of(publisher)
+        holder = self.holder_of(publisher, username)
         if holder is not None:
             raise PublisherConflict(*holder)
         record: dict[str, Any] = {
@@ -365,6 +386,14 @@ class PublisherStore:
         Needs a write transaction.
         """
         tokens.purge_expired(match.user, now, only=is_trusted_publishing)
+        live = tokens.count_records(
+            match.user, lambda r: r.get(TRUSTED_FIELD) == match.publisher_id)
+        if live >= MAX_LIVE_MINTED:
+            raise OIDCError(
+                "invalid-publisher",
+                f"trusted publisher {match.publisher_id} has {live} tokens in use, the "
+                f"most it may have; they expire within {MINTED_LIFETIME // 60} minutes "
+                "(burn-token revokes one at once)")
         expires = now + MINTED_LIFETIME
         record = match.record
         restrictions: list[Restriction] = [

@@ -55,6 +55,14 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
         xom.thread_pool.register(MintedTokenPurger(xom, store))
     pyramid_config.include("devpi_tokens.server_views")
     pyramid_config.include("devpi_tokens.oidc_views")
+    # mint requests: the JWT (and any key fetch) is checked before devpi's
+    # write transaction, so a slow issuer never holds the write lock
+    pyramid_config.add_tween(
+        "devpi_tokens.oidc_views.verify_before_transaction_tween_factory",
+        # both bounds: with `over` alone pyramid may move its exception view
+        # tween above the transaction, and devpi's views answer by raising
+        under="devpi_server.views.tween_request_logging",
+        over="devpi_server.views.tween_keyfs_transaction")
     pyramid_config.add_tween(
         TWEEN, under="devpi_server.views.tween_keyfs_transaction")
     # after routing, before the view: token writes with unreadable bodies

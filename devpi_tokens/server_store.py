@@ -278,6 +278,10 @@ class TokenStore:
             str(token_id): public_info(record)
             for token_id, record in self._records(username)}
 
+    def count_records(self, username: str, which: Callable[[Mapping[str, Any]], bool]) -> int:
+        """How many of a user's token records ``which`` selects."""
+        return sum(1 for _, record in self._records(username) if which(record))
+
     def _records(self, username: str) -> list[tuple[str, Mapping[str, Any]]]:
         # 1.x's records first: they are older than any of ours
         table, v1_table = self._tables(username)

@@ -27,6 +27,7 @@ from devpi_tokens.oidc_config import parse_issuer
 from devpi_tokens.oidc_config import parse_issuers
 from devpi_tokens.oidc_config import validate_audience
 from devpi_tokens.oidc_errors import OIDCError
+from devpi_tokens.oidc_keys import FetchError
 from devpi_tokens.oidc_keys import KeyRing
 from devpi_tokens.oidc_keys import https_get
 from devpi_tokens.oidc_verify import verify_jwt
@@ -483,3 +484,54 @@ def test_local_issuer_files(issuer, tmp_path):
     assert cert.read_text().count("BEGIN CERTIFICATE") == 2
     assert "PRIVATE KEY" in key.read_text()
     assert Path(issuer.ca_file).exists()
+
+
+def test_requests_queued_behind_a_failing_fetch_share_its_failure(issuer, settings):
+    """Many requests while an issuer fails: one fetch, not one after another."""
+    calls: list[str] = []
+    release = threading.Event()
+
+    def failing(url: str) -> bytes:
+        calls.append(url)
+        release.wait(5)
+        raise FetchError("connection refused")
+
+    ring = KeyRing(settings, fetch=failing)
+    reasons: list[str] = []
+    threads = [threading.Thread(target=lambda: reasons.append(
+        refused(issuer.mint(claims(issuer)), settings, ring))) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)  # let them all queue up behind the first fetch
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1
+    assert reasons == [
+        f"could not fetch the signing keys of {issuer.url}: connection refused"] * 6
+    # a later request tries again: a failure is never kept for the future
+    release.set()
+    refused(issuer.mint(claims(issuer)), settings, ring)
+    assert len(calls) == 2
+
+
+def test_a_trickling_issuer_is_given_up_on_after_the_deadline(issuer, settings, monkeypatch):
+    from devpi_tokens import oidc_keys
+    monkeypatch.setattr(oidc_keys, "FETCH_DEADLINE", 0.5)
+    stop = threading.Event()
+    calls: list[str] = []
+
+    def trickling(url: str) -> bytes:
+        calls.append(url)
+        stop.wait(30)  # an answer that never completes
+        raise FetchError("closed")
+
+    ring = KeyRing(settings, fetch=trickling)
+    started = time.monotonic()
+    why = refused(issuer.mint(claims(issuer)), settings, ring)
+    assert time.monotonic() - started < 5
+    assert "no complete answer within" in why
+    # the stuck fetch is not started a second time while it still runs
+    refused(issuer.mint(claims(issuer)), settings, ring)
+    assert len(calls) == 1
+    stop.set()

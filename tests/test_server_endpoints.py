@@ -363,3 +363,19 @@ def test_create_keeps_each_listed_name_once(alice):
     token = alice.create_token("alice", projects=["foo", "bar", "foo"], allowed=["upload"] * 3)
     assert [r.dump() for r in Token.load(token).restrictions[1:]] == [
         '[1,["foo","bar"]]', '["devpi:allowed",["upload"]]']
+
+
+def test_tweens_keep_devpi_order(srv):
+    """The plugin's tweens sit where they must; devpi's views answer by raising,
+    so pyramid's exception view tween must stay inside the keyfs transaction."""
+    from pyramid.interfaces import ITweens
+    registry = srv.app.app.app.registry
+    names = [name for name, _ in registry.queryUtility(ITweens).implicit()]
+    order = [
+        "devpi_server.views.tween_request_logging",
+        "devpi_tokens.oidc_views.verify_before_transaction_tween_factory",
+        "devpi_server.views.tween_keyfs_transaction",
+        "devpi_tokens.server_enforce.token_tween_factory",
+        "pyramid.tweens.excview_tween_factory",
+    ]
+    assert [name for name in names if name in order] == order

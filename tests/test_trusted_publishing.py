@@ -29,6 +29,7 @@ from devpi_tokens.publishers import MINTED_LIFETIME
 from devpi_tokens.publishers import MintedTokenPurger
 from devpi_tokens.publishers import PublisherStore
 from devpi_tokens.server_store import TRUSTED_FIELD
+from devpi_tokens.restrictions import Indexes
 from devpi_tokens.tokens import Token
 
 
@@ -342,13 +343,20 @@ def test_an_identity_is_registered_once_per_server(tp):
     r = tp.add_publisher(ROOT, user="bob", **{**GITHUB_BODY, "indexes": ["bob/dev"]})
     assert r.status_code == 409
     assert "by user 'alice'" in r.json["message"]
-    # another environment (or workflow) is another identity
+    # another user may not pin alice's workflow to an environment: the
+    # pinned publisher would win, and alice's runs there would mint bob's tokens
     r = tp.add_publisher(BOB, user="bob", **{
         **GITHUB_BODY, "environment": "release", "indexes": ["bob/dev"]})
+    assert r.status_code == 409, r.text
+    # alice may; and another workflow is another identity
+    r = tp.add_publisher(PW, **{**GITHUB_BODY, "environment": "release"})
     assert r.status_code == 201, r.text
     r = tp.add_publisher(BOB, user="bob", **{
         **GITHUB_BODY, "workflow": "other.yml", "indexes": ["bob/dev"]})
     assert r.status_code == 201, r.text
+    # ... which then is bob's alone, whatever the environment
+    r = tp.add_publisher(PW, **{**GITHUB_BODY, "workflow": "other.yml", "environment": "x"})
+    assert r.status_code == 409, r.text
 
 
 # ------------------------------------------------------------------ the exchange
@@ -606,17 +614,21 @@ def test_owner_id_is_pinned_at_the_first_exchange(tp):
     assert tp.publishers()[publisher_id]["owner_id"] == "2222"
 
 
+def indexes_of(token: str) -> list[tuple[str, ...]]:
+    return [r.indexes for r in Token.load(token).restrictions if isinstance(r, Indexes)]
+
+
 def test_environment_pinned_publisher_wins(tp):
     tp.publisher_id()
-    r = tp.add_publisher(BOB, user="bob", **{
-        **GITHUB_BODY, "environment": "release", "indexes": ["bob/dev"]})
+    r = tp.add_publisher(PW, **{
+        **GITHUB_BODY, "environment": "release", "indexes": ["alice/other"]})
     assert r.status_code == 201, r.text
     token = tp.minted(github_claims(audience=AUD, environment="release"))
-    assert Token.load(token).user == "bob"
+    assert indexes_of(token) == [("alice/other",)]
     token = tp.minted(github_claims(audience=AUD, environment="staging"))
-    assert Token.load(token).user == "alice"
+    assert indexes_of(token) == [("alice/dev",)]
     token = tp.minted(github_claims(audience=AUD))
-    assert Token.load(token).user == "alice"
+    assert indexes_of(token) == [("alice/dev",)]
 
 
 def test_deleted_publisher_mints_nothing(tp):
@@ -772,3 +784,14 @@ def test_logs_never_hold_a_jwt_or_a_token(tp, caplog):
     assert "minted token" in text and "burned token" in text
     for secret in (jwt, token, jwt.split(".")[2], token[6:40]):
         assert secret not in text
+
+
+def test_a_publisher_has_a_bounded_number_of_tokens_in_use(tp, monkeypatch):
+    from devpi_tokens import publishers
+    monkeypatch.setattr(publishers, "MAX_LIVE_MINTED", 3)
+    tp.publisher_id()
+    for _ in range(3):
+        tp.minted(github_claims(audience=AUD))
+    description = refused(tp.mint_claims(github_claims(audience=AUD)), "invalid-publisher")
+    assert "has 3 tokens in use" in description
+    assert len(tp.list_tokens("alice")) == 3
