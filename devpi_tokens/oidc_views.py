@@ -31,12 +31,12 @@ from .publishers import publisher_from_body
 from .restrictions import TokenError
 from .restrictions import project_name_problem
 from .server_enforce import STORE_KEY
-from .server_enforce import TokenIdentity
 from .server_json import MAX_BODY
 from .server_json import BadBody
 from .server_json import load_json_body
 from .server_log import log
 from .server_store import is_trusted_publishing
+from .server_views import authorize_owner
 from .tokens import Token
 from .tokens import looks_like_token
 
@@ -271,35 +271,11 @@ class BadRequest(Exception):
     """A publisher body that cannot be used; the message says why."""
 
 
-def _privileged(request: Request, username: str, groups: list[str]) -> bool:
-    if username == "root":
-        return True
-    restrict_modify = request.registry["xom"].config.restrict_modify or ()
-    if username in restrict_modify:
-        return True
-    return any(f":{group}" in restrict_modify for group in groups)
-
-
 def _authorize(request: Request, action: str) -> tuple[str, bool] | Response:
-    """``(target user, caller is root)`` or the refusal to return."""
+    """``(target user, caller is privileged)`` or the refusal to return."""
     if not get_state(request).settings.enabled:
         return _apiresult(403, DISABLED)
-    identity = request.identity
-    if isinstance(identity, TokenIdentity):
-        return _apiresult(
-            403, f"a token cannot be used to {action} trusted publishers; "
-            "log in with the password instead")
-    if identity is None:
-        return _apiresult(401, f"you need to be logged in to {action} trusted publishers")
-    username = request.matchdict["user"]
-    privileged = _privileged(request, identity.username, list(identity.groups or ()))
-    if identity.username != username and not privileged:
-        return _apiresult(
-            403, f"user '{identity.username}' may not {action} trusted publishers of "
-            f"user '{username}'")
-    if not get_state(request).publishers.user_exists(username):
-        return _apiresult(404, f"no user '{username}'")
-    return username, identity.username == "root"
+    return authorize_owner(request, action, "trusted publishers")
 
 
 def _string_list(data: dict[str, Any], key: str, *, required: bool) -> tuple[str, ...]:
@@ -333,7 +309,9 @@ def publisher_add(request: Request) -> Response:
     authorized = _authorize(request, "add")
     if not isinstance(authorized, tuple):
         return authorized
-    username, is_root = authorized
+    username, _ = authorized
+    # who holds a conflicting registration is said to root only
+    is_root = request.identity.username == "root"
     state = get_state(request)
     try:
         data = _read_publisher_body(request)

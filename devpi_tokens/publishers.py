@@ -222,10 +222,6 @@ class PublisherStore:
 
     # -- users and indexes ---------------------------------------------------
 
-    def user_exists(self, username: str) -> bool:
-        exists: bool = self._user_key(username).exists()
-        return exists
-
     def index_problem(self, username: str, index: str) -> str | None:
         """Why ``index`` cannot be a target of ``username``'s publisher, or None."""
         owner, sep, name = index.partition("/")

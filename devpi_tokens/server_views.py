@@ -80,20 +80,26 @@ def _privileged(request: Request, username: str, groups: list[str]) -> bool:
     return any(f":{group}" in restrict_modify for group in groups)
 
 
-def _authorize(request: Request, action: str) -> tuple[str, bool] | Response:
-    """``(target user, privileged)`` or the refusal to return."""
+def authorize_owner(
+    request: Request, action: str, things: str = "tokens",
+) -> tuple[str, bool] | Response:
+    """``(target user, caller is privileged)`` or the refusal to return.
+
+    Who may manage a user's tokens (and trusted publishers): that user, root
+    or a ``--restrict-modify`` user, logged in with a password, never a token.
+    """
     identity = request.identity
     if isinstance(identity, TokenIdentity):
         return _apiresult(
-            403, f"a token cannot be used to {action} tokens; "
+            403, f"a token cannot be used to {action} {things}; "
             "log in with the password instead")
     if identity is None:
-        return _apiresult(401, f"you need to be logged in to {action} tokens")
+        return _apiresult(401, f"you need to be logged in to {action} {things}")
     username = request.matchdict["user"]
     privileged = _privileged(request, identity.username, list(identity.groups or ()))
     if identity.username != username and not privileged:
         return _apiresult(
-            403, f"user '{identity.username}' may not {action} tokens of user '{username}'")
+            403, f"user '{identity.username}' may not {action} {things} of user '{username}'")
     if not get_store(request).user_exists(username):
         return _apiresult(404, f"no user '{username}'")
     return username, privileged
@@ -229,7 +235,7 @@ class CreateRequest:
 # views
 
 def token_create(request: Request) -> Response:
-    authorized = _authorize(request, "create")
+    authorized = authorize_owner(request, "create")
     if not isinstance(authorized, tuple):
         return authorized
     username, privileged = authorized
@@ -257,7 +263,7 @@ def token_create(request: Request) -> Response:
 
 
 def token_list(request: Request) -> Response:
-    authorized = _authorize(request, "list")
+    authorized = authorize_owner(request, "list")
     if not isinstance(authorized, tuple):
         return authorized
     username, _ = authorized
@@ -270,7 +276,7 @@ def token_list(request: Request) -> Response:
 
 
 def token_delete(request: Request) -> Response:
-    authorized = _authorize(request, "delete")
+    authorized = authorize_owner(request, "delete")
     if not isinstance(authorized, tuple):
         return authorized
     username, _ = authorized
@@ -285,7 +291,7 @@ def token_delete(request: Request) -> Response:
 
 def token_purge(request: Request) -> Response:
     """Remove every expired token of the user; answers how many went."""
-    authorized = _authorize(request, "purge")
+    authorized = authorize_owner(request, "purge")
     if not isinstance(authorized, tuple):
         return authorized
     username, _ = authorized
