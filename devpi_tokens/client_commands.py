@@ -38,6 +38,7 @@ from .durations import parse_when
 from .restrictions import KNOWN_PERMISSIONS
 from .restrictions import USER_PERMISSIONS
 from .restrictions import Allowed
+from .restrictions import ClientNetworks
 from .restrictions import Indexes
 from .restrictions import LegacyProjectNames
 from .restrictions import MalformedCaveat
@@ -52,6 +53,8 @@ from .restrictions import ValidityWindow
 from .restrictions import describe_relative
 from .restrictions import expiry_of
 from .restrictions import format_time
+from .restrictions import ip_network
+from .restrictions import network_within
 from .restrictions import normalize_project
 from .restrictions import not_before_of
 from .restrictions import parse_caveat
@@ -122,6 +125,11 @@ def _add_restrictions(parser: argparse.ArgumentParser, create: bool) -> None:
     parser.add_argument(
         "-p", "--projects", metavar="PROJECTS", action="append",
         help="only these projects (comma separated, may repeat)")
+    parser.add_argument(
+        "--ip", metavar="ADDR_OR_CIDR", dest="ips", action="append",
+        help="only from these client addresses or networks, e.g. 192.0.2.0/24 or "
+             "2001:db8::1 (comma separated, may repeat); the address is the one "
+             "devpi-server sees")
 
 
 def _add_user(parser: argparse.ArgumentParser, what: str = "tokens") -> None:
@@ -539,7 +547,7 @@ def token_create(hub: Any, args: argparse.Namespace) -> None:
         body["expires"] = "never" if expires is None else expires
     if args.not_before is not None:
         body["not_before"] = _parse_time("--not-before", args.not_before, now, False)
-    for key in ("allowed", "indexes", "projects"):
+    for key in ("allowed", "indexes", "projects", "ips"):
         values = split_list(getattr(args, key))
         if values is not None:
             body[key] = values
@@ -654,15 +662,34 @@ def derive_restrictions(token: Token, args: argparse.Namespace, now: int) -> lis
         _subset_check("permissions", allowed, [
             r.permissions for r in existing if isinstance(r, (Allowed, V1Allowed))])
         added.append(_checked(Allowed(tuple(allowed))))
+    ips = split_list(args.ips)
+    if ips is not None:
+        added.append(_derive_networks(ips, existing))
     return added
+
+
+def _derive_networks(ips: list[str], existing: Iterable[Restriction]) -> Restriction:
+    """A client networks caveat inside every one the token has already."""
+    restriction = _checked(ClientNetworks(tuple(ips)))
+    wanted = [(text, ip_network(text)) for text in ips]
+    for current in existing:
+        if not isinstance(current, ClientNetworks):
+            continue
+        networks = current.parsed()
+        outside = [text for text, net in wanted if not network_within(net, networks)]
+        if outside:
+            raise ClientError(
+                f"cannot widen the token: it is limited to client networks "
+                f"{', '.join(current.networks)}, so {', '.join(outside)} cannot be added")
+    return restriction
 
 
 @_command
 def token_derive(hub: Any, args: argparse.Namespace) -> None:
     if all(getattr(args, key) is None
-           for key in ("expires", "not_before", "allowed", "indexes", "projects")):
+           for key in ("expires", "not_before", "allowed", "indexes", "projects", "ips")):
         raise ClientError(
-            "nothing to restrict: give at least one of -e, --not-before, -a, -i, -p")
+            "nothing to restrict: give at least one of -e, --not-before, -a, -i, -p, --ip")
     token = Token.load(read_token(args.token_file, args.token))
     now = int(time.time())
     added = derive_restrictions(token, args, now)

@@ -21,6 +21,7 @@ from typing import Callable
 from typing import ClassVar
 from typing import Iterable
 from typing import Literal
+import ipaddress
 import json
 import re
 
@@ -172,6 +173,9 @@ class Context:
     indexes: tuple[str, ...] = ()
     project: str | None = None
     bases_of: Callable[[str], Iterable[str]] | None = field(default=None, compare=False)
+    #: the client's IP address as devpi-server's request sees it
+    #: (``REMOTE_ADDR``); None when not known
+    client_address: str | None = None
 
     @property
     def is_read(self) -> bool:
@@ -382,6 +386,89 @@ class Allowed(_PermissionSet):
 
     def dump(self) -> str:
         return _json(["devpi:allowed", list(self.permissions)])
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def ip_network(text: str) -> IPNetwork:
+    """``text`` as an address or CIDR network; :class:`MalformedCaveat` if it is not one.
+
+    Host bits set (``192.0.2.7/24``) and IPv6 zone ids (``fe80::1%eth0``)
+    are malformed: both would leave open what the caveat means.
+    """
+    if "%" in text:
+        raise _fail(f"{text[:60]!r} has a zone id; give the address or network without it")
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise _fail(f"{text[:60]!r} is not an IP address or network ({exc})") from None
+
+
+def _client_forms(text: str | None) -> tuple[IPAddress, ...]:
+    """The client address, plus its IPv4 form when it is IPv4-mapped IPv6;
+    empty if unreadable.  An IPv4 client matches IPv4 networks only."""
+    if text is None:
+        return ()
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return ()
+    if isinstance(address, ipaddress.IPv6Address):
+        mapped = address.ipv4_mapped
+        return (address,) if mapped is None else (address, mapped)
+    return (address,)
+
+
+def _in_network(address: IPAddress, network: IPNetwork) -> bool:
+    # ``in`` compares bare integers across versions: check the version first
+    return address.version == network.version and address in network
+
+
+def network_within(network: IPNetwork, networks: Iterable[IPNetwork]) -> bool:
+    """Whether ``network`` lies inside one of ``networks`` (same IP version)."""
+    return any(
+        network.version == other.version and network.subnet_of(other)  # type: ignore[arg-type]
+        for other in networks)
+
+
+@dataclass(frozen=True)
+class ClientNetworks(Restriction):
+    """``["devpi:ips", ["192.0.2.0/24", "2001:db8::1"]]``: only from these networks.
+
+    The client address is what devpi-server's request sees (``REMOTE_ADDR``);
+    an IPv4-mapped IPv6 address matches IPv4 networks.  No address known:
+    not met (fail closed).
+    """
+
+    networks: tuple[str, ...]
+
+    def dump(self) -> str:
+        return _json(["devpi:ips", list(self.networks)])
+
+    def parsed(self) -> tuple[IPNetwork, ...]:
+        return tuple(ip_network(text) for text in self.networks)
+
+    def describe(self, now: int | None = None) -> str:
+        return f"only from: {_names(self.networks)}"
+
+    def check(self, ctx: Context) -> Result:
+        allowed = f"(allowed: {_names(self.networks)})"
+        if ctx.client_address is None:
+            return Failure(f"token not valid: the client address is not known {allowed}")
+        try:
+            networks = self.parsed()
+        except MalformedCaveat as exc:
+            return Failure(str(exc))
+        forms = _client_forms(ctx.client_address)
+        if any(_in_network(a, n) for a in forms for n in networks):
+            return SUCCESS
+        shown = _UNPRINTABLE_ADDRESS.sub("?", ctx.client_address[:60])
+        return Failure(f"token not valid from {shown} {allowed}")
+
+
+_UNPRINTABLE_ADDRESS = re.compile(r"[^\x21-\x7e]")
 
 
 @dataclass(frozen=True)
@@ -621,6 +708,15 @@ def _parse_allowed(value: list[Any]) -> Restriction:
     return Allowed(_str_list(permissions, "the permissions"))
 
 
+def _check_network(text: str) -> None:
+    ip_network(text)
+
+
+def _parse_ips(value: list[Any]) -> Restriction:
+    _, networks = _fields(value, 2, "devpi:ips")
+    return ClientNetworks(_str_list(networks, "the client networks", _check_network))
+
+
 _LIST_TAGS: dict[Any, Callable[[list[Any]], Restriction]] = {
     0: _parse_window,
     1: _parse_project_names,
@@ -628,6 +724,7 @@ _LIST_TAGS: dict[Any, Callable[[list[Any]], Restriction]] = {
     3: _parse_user,
     "devpi:indexes": _parse_indexes,
     "devpi:allowed": _parse_allowed,
+    "devpi:ips": _parse_ips,
 }
 
 
@@ -740,7 +837,14 @@ class Effective:
 
     Every restriction must be met, so the effective window is the earliest
     end and the latest start, and each list is the intersection of every
-    list of its kind (``None``: not restricted).  Kinds devpi-tokens 1.x had
+    list of its kind (``None``: not restricted).  For client networks the
+    intersection is taken network by network: a network of any ``devpi:ips``
+    caveat is kept when it lies inside some network of every other one
+    (CIDR networks either nest or are disjoint, so that is exactly the
+    addresses every caveat allows), without the ones inside another kept
+    network; networks are compared within one IP version, so an
+    IPv4-mapped client let in by an IPv4 and an IPv6 network together is
+    not in the summary (the caveats still let it in).  Kinds devpi-tokens 1.x had
     no word for (PyPI project ids, users) are not summarized here; the
     caveats themselves still say them.
     """
@@ -750,6 +854,7 @@ class Effective:
     projects: tuple[str, ...] | None = None
     indexes: tuple[str, ...] | None = None
     allowed: tuple[str, ...] | None = None
+    ips: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, restrictions: Iterable[Restriction]) -> Effective:
@@ -762,7 +867,9 @@ class Effective:
                 normalize_project),
             indexes=_intersection(allowed_index_sets(restrictions)),
             allowed=_intersection(
-                [r.permissions for r in restrictions if isinstance(r, _PermissionSet)]))
+                [r.permissions for r in restrictions if isinstance(r, _PermissionSet)]),
+            ips=network_intersection(
+                [r.networks for r in restrictions if isinstance(r, ClientNetworks)]))
 
     def v1_strings(self) -> list[str]:
         """The devpi-tokens 1.x ``name=value`` form, one entry per kind.
@@ -774,7 +881,7 @@ class Effective:
             result.append(f"expires={self.expires}")
         if self.not_before is not None:
             result.append(f"not_before={self.not_before}")
-        for name in ("projects", "indexes", "allowed"):
+        for name in ("projects", "indexes", "allowed", "ips"):
             values = getattr(self, name)
             if values is not None:
                 result.append(f"{name}={','.join(values)}")
@@ -796,6 +903,36 @@ def _intersection(
             seen.add(k)
             result.append(item)
     return tuple(result)
+
+
+def network_intersection(lists: list[tuple[str, ...]]) -> tuple[str, ...] | None:
+    """The networks every list allows, as strings from the lists, in order.
+
+    A network is kept when it lies inside some network of every list and
+    not inside another kept one.  Unreadable networks are left out (the
+    caveat holding them fails anyway).
+    """
+    if not lists:
+        return None
+    parsed = [_readable_networks(group) for group in lists]
+    inside = [
+        (text, net) for group in parsed for text, net in group
+        if all(network_within(net, [n for _, n in other]) for other in parsed)]
+    result: dict[str, None] = {}
+    for text, net in inside:
+        if not any(other != net and network_within(net, [other]) for _, other in inside):
+            result.setdefault(text)
+    return tuple(result)
+
+
+def _readable_networks(texts: tuple[str, ...]) -> list[tuple[str, IPNetwork]]:
+    result = []
+    for text in texts:
+        try:
+            result.append((text, ip_network(text)))
+        except MalformedCaveat:
+            pass
+    return result
 
 
 def allowed_index_sets(restrictions: Iterable[Restriction]) -> list[tuple[str, ...]]:
@@ -823,8 +960,8 @@ __all__ = [
     "Context", "Success", "SUCCESS", "Failure", "Result", "Restriction",
     "ValidityWindow", "ProjectNames", "ProjectIDs", "UserName", "Indexes", "Allowed",
     "LegacyNoop", "LegacyProjectNames", "LegacyDate",
-    "V1Expires", "V1NotBefore", "V1Projects", "V1Indexes", "V1Allowed",
+    "V1Expires", "V1NotBefore", "V1Projects", "V1Indexes", "V1Allowed", "ClientNetworks",
     "parse_caveat", "validated", "check_all", "expiry_of", "not_before_of",
-    "allowed_index_sets", "Effective",
+    "allowed_index_sets", "Effective", "network_intersection", "network_within", "ip_network",
     "format_time", "describe_relative", "normalize_project", "project_name_problem",
 ]

@@ -42,6 +42,7 @@ from pyramid.response import Response
 from . import server_replica
 from .restrictions import KNOWN_PERMISSIONS
 from .restrictions import READ_PERMISSIONS
+from .restrictions import ClientNetworks
 from .restrictions import Context
 from .restrictions import Restriction
 from .restrictions import TokenError
@@ -95,12 +96,15 @@ class TokenIdentity:
 
     def __init__(
         self, user: str, token_id: str, restrictions: tuple[Restriction, ...], now: int,
+        client_address: str | None = None,
     ) -> None:
         self.username = user
         self.groups: list[str] = []
         self.token_id = token_id
         self.restrictions = restrictions
         self.now = now
+        #: the client address the restrictions are checked against
+        self.client_address = client_address
         #: reason of the last permission check our denials refused
         self.last_denial: str | None = None
         self._target: Target | None = None
@@ -178,7 +182,8 @@ def get_store(request: Request) -> TokenStore:
 def authenticate(request: Request, claimed_user: str, raw: str) -> TokenIdentity:
     """Check a token once per request; raise :class:`TokenRefused` if bad."""
     try:
-        return _authenticate(get_store(request), claimed_user, raw, int(time.time()))
+        return _authenticate(
+            get_store(request), claimed_user, raw, int(time.time()), client_address(request))
     except TokenRefused as refused:
         log().info("token refused: %s", refused.reason)
         raise
@@ -188,16 +193,36 @@ def authenticate(request: Request, claimed_user: str, raw: str) -> TokenIdentity
         raise TokenRefused(401, "the token could not be verified") from None
 
 
-def _authenticate(store: TokenStore, claimed_user: str, raw: str, now: int) -> TokenIdentity:
+def client_address(request: Request) -> str | None:
+    """The client's address as devpi-server sees it (``REMOTE_ADDR``).
+
+    Behind a proxy, devpi-server's ``--trusted-proxy`` options make waitress
+    put the forwarded client there (for trusted peers only); no forwarded
+    header is read here.
+    """
+    address = request.remote_addr
+    return address if isinstance(address, str) and address else None
+
+
+def _authenticate(
+    store: TokenStore, claimed_user: str, raw: str, now: int,
+    client_address: str | None = None,
+) -> TokenIdentity:
     user, token_id, restrictions = _verified(store, raw)
     if claimed_user not in ANY_USER_NAMES and claimed_user != user:
         raise TokenRefused(403, f"token belongs to user '{user}', not '{claimed_user}'")
     # Restrictions that hold whatever the request does: validity window,
-    # user, PyPI project ids.  The rest waits for the permission checks.
-    result = check_all(restrictions, Context(user=user, now=now))
+    # user, PyPI project ids (401), client networks (403: the token is
+    # good, but not from here).  The rest waits for the permission checks.
+    ctx = Context(user=user, now=now, client_address=client_address)
+    networks = [r for r in restrictions if isinstance(r, ClientNetworks)]
+    result = check_all((r for r in restrictions if r not in networks), ctx)
     if not result:
         raise TokenRefused(401, result.reason)
-    return TokenIdentity(user, token_id, restrictions, now)
+    result = check_all(networks, ctx)
+    if not result:
+        raise TokenRefused(403, result.reason)
+    return TokenIdentity(user, token_id, restrictions, now, client_address)
 
 
 def _verified(store: TokenStore, raw: str) -> tuple[str, str, tuple[Restriction, ...]]:
@@ -327,6 +352,7 @@ def _reasons(
         ctx = Context(
             user=identity.username, now=identity.now, permission=permission,
             indexes=indexes, project=target.project,
+            client_address=identity.client_address,
             bases_of=lambda index: identity.bases_of(request, index))
         result = check_all(identity.restrictions, ctx)
         if not result:

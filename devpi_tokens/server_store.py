@@ -693,6 +693,7 @@ def public_info(record: Mapping[str, Any]) -> dict[str, Any]:
         "projects": _list_or_none(effective.projects),
         "indexes": _list_or_none(effective.indexes),
         "allowed": _list_or_none(effective.allowed),
+        "ips": _list_or_none(effective.ips),
     }
     trusted = record.get(TRUSTED_FIELD)
     if isinstance(trusted, str):

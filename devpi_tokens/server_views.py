@@ -16,12 +16,14 @@ import time
 from .restrictions import KNOWN_PERMISSIONS
 from .restrictions import USER_PERMISSIONS
 from .restrictions import Allowed
+from .restrictions import ClientNetworks
 from .restrictions import Indexes
 from .restrictions import MalformedCaveat
 from .restrictions import ProjectNames
 from .restrictions import Restriction
 from .restrictions import ValidityWindow
 from .restrictions import format_time
+from .restrictions import ip_network
 from .restrictions import project_name_problem
 from .restrictions import validated
 from .server_enforce import STORE_KEY
@@ -53,7 +55,7 @@ MAX_LIST_ITEMS = 100
 _INT64_MAX = 2 ** 63 - 1
 
 CREATE_KEYS = frozenset({
-    "expires", "not_before", "projects", "indexes", "allowed", "description"})
+    "expires", "not_before", "projects", "indexes", "allowed", "ips", "description"})
 
 # devpi's rules for user and index names.
 _DEVPI_NAME = re.compile(r"[^\x00-\x20!\"#$%&'()*+,/:;<=>?\[\\\]^`{|}~\x7f]+")
@@ -181,6 +183,14 @@ def _check_permission(name: str) -> str | None:
     return None
 
 
+def _check_network(text: str) -> str | None:
+    try:
+        ip_network(text)
+    except MalformedCaveat as exc:
+        return f"'ips': {exc}"
+    return None
+
+
 class CreateRequest:
     """A validated create body: restrictions, expiry and description."""
 
@@ -201,6 +211,7 @@ class CreateRequest:
         self.projects = _string_list(data, "projects", project_name_problem)
         self.indexes = _string_list(data, "indexes", _check_index)
         self.allowed = _string_list(data, "allowed", _check_permission)
+        self.ips = _string_list(data, "ips", _check_network)
         description = data.get("description", "")
         if not isinstance(description, str):
             raise BadRequest("'description' must be a string")
@@ -225,6 +236,8 @@ class CreateRequest:
             result.append(Indexes(self.indexes))
         if self.allowed:
             result.append(Allowed(self.allowed))
+        if self.ips:
+            result.append(ClientNetworks(self.ips))
         try:
             return tuple(validated(r) for r in result)
         except MalformedCaveat as exc:

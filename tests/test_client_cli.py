@@ -22,7 +22,7 @@ from devpi_tokens.tokens import Token
 GENERIC = {"-h", "--help", "--debug", "-y", "-v", "--verbose", "--clientdir"}
 TOKEN_INPUT = {"-f", "--file", "--token"}
 RESTRICT = {"-e", "--expires", "--not-before", "-a", "--allowed", "-i", "--indexes",
-            "-p", "--projects"}
+            "-p", "--projects", "--ip"}
 
 # DESIGN.md's flags; the long forms are devpi-tokens 1.x's spellings
 EXPECTED = {

@@ -20,6 +20,7 @@ from devpi_process import assert_one_line_error
 from devpi_process import bin_path
 from devpi_process import free_port
 from devpi_tokens.restrictions import Allowed
+from devpi_tokens.restrictions import ClientNetworks
 from devpi_tokens.restrictions import Indexes
 from devpi_tokens.restrictions import ProjectIDs
 from devpi_tokens.restrictions import ProjectNames
@@ -449,3 +450,56 @@ def test_inspect_escapes_control_characters_from_the_token(client):
     assert "\\x1b]0;pwned" in out  # shown, escaped
     data = json.loads(client.run("token-inspect", "--token", raw, "--json").stdout)
     assert data["user"] == user  # JSON keeps the plain data
+
+
+# --------------------------------------------------------------------------
+# client networks (--ip)
+
+def test_derive_ip_adds_client_networks(client):
+    raw = mint(window())
+    derived, proc = derive(client, raw, "--ip", "192.0.2.0/24,2001:db8::1", "--ip", "10.0.0.1")
+    token = Token.load(derived)
+    assert token.verify_signature(KEY)
+    assert token.restrictions[-1] == ClientNetworks(("192.0.2.0/24", "2001:db8::1", "10.0.0.1"))
+    assert "only from: 192.0.2.0/24, 2001:db8::1, 10.0.0.1" in proc.stderr
+
+
+def test_derive_ip_narrower_is_fine(client):
+    raw = mint(window(), ClientNetworks(("192.0.2.0/24", "2001:db8::/32")))
+    derived, _ = derive(client, raw, "--ip", "192.0.2.128/25,192.0.2.5,2001:db8::1")
+    assert Token.load(derived).restrictions[-1] == ClientNetworks(
+        ("192.0.2.128/25", "192.0.2.5", "2001:db8::1"))
+
+
+@pytest.mark.parametrize(("restrictions", "args", "message"), [
+    ((ClientNetworks(("192.0.2.0/24",)),), ("--ip", "192.0.2.0/23"),
+     "cannot widen the token: it is limited to client networks 192.0.2.0/24, "
+     "so 192.0.2.0/23 cannot be added"),
+    ((ClientNetworks(("192.0.2.0/24",)),), ("--ip", "192.0.2.1,10.0.0.1"),
+     "so 10.0.0.1 cannot be added"),
+    ((ClientNetworks(("192.0.2.0/24",)), ClientNetworks(("192.0.2.0/25",))),
+     ("--ip", "192.0.2.200"), "limited to client networks 192.0.2.0/25"),
+    ((ClientNetworks(("0.0.0.0/0",)),), ("--ip", "2001:db8::1"), "so 2001:db8::1 cannot"),
+    ((), ("--ip", "192.0.2.7/24"), "has host bits set"),
+    ((), ("--ip", "garbage"), "'garbage' is not an IP address or network"),
+    ((), ("--ip", "192.0.2.1,,10.0.0.1"), "empty name"),
+])
+def test_derive_ip_errors(client, restrictions, args, message):
+    proc = client.fails("token-derive", "--token", mint(*restrictions), *args)
+    assert_one_line_error(proc, "error:", message)
+    assert proc.stdout == ""
+
+
+def test_inspect_describes_client_networks(client):
+    raw = mint(window(), ClientNetworks(("192.0.2.0/24", "2001:db8::1")))
+    proc = client.run("token-inspect", "--token", raw)
+    assert "  - only from: 192.0.2.0/24, 2001:db8::1" in proc.stdout
+    data = inspect_json(client, raw)
+    assert data["restrictions"][-1] == {
+        "caveat": '["devpi:ips",["192.0.2.0/24","2001:db8::1"]]',
+        "description": "only from: 192.0.2.0/24, 2001:db8::1"}
+
+
+def test_derive_help_mentions_ip(client):
+    proc = client.run("token-derive", "--help")
+    assert "--ip ADDR_OR_CIDR" in proc.stdout

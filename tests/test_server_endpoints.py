@@ -76,7 +76,7 @@ def test_list_shows_public_fields_and_nothing_secret(alice):
     info = tokens[token_id]
     assert set(info) == {
         "restrictions", "caveats", "description", "created", "expires", "not_before",
-        "projects", "indexes", "allowed", "expired"}
+        "projects", "indexes", "allowed", "ips", "expired"}
     assert info["expired"] is False
     assert info["description"] == "deploy"
     assert info["expires"] == now + DAY
@@ -86,7 +86,8 @@ def test_list_shows_public_fields_and_nothing_secret(alice):
     # the 1.x name=value summary devpi-admin and devpi-api-client parse
     assert info["restrictions"] == [
         f"expires={now + DAY}", f"not_before={info['created']}", "projects=foo"]
-    assert (info["projects"], info["indexes"], info["allowed"]) == (["foo"], None, None)
+    assert (info["projects"], info["indexes"], info["allowed"], info["ips"]) == (
+        ["foo"], None, None, None)
     # the salt is in keyfs, never in an answer
     salt = alice.stored_record("alice", token_id)["salt"]
     assert salt not in r.text
