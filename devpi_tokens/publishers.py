@@ -390,7 +390,10 @@ class PublisherStore:
                 f"trusted publisher {match.publisher_id} has {live} tokens in use, the "
                 f"most it may have; they expire within {MINTED_LIFETIME // 60} minutes "
                 "(burn-token revokes one at once)")
-        expires = now + MINTED_LIFETIME
+        # the admin's --tokens-max-lifetime binds minted tokens too
+        limit = tokens.max_lifetime
+        lifetime = MINTED_LIFETIME if limit is None else min(MINTED_LIFETIME, limit.seconds)
+        expires = now + lifetime
         record = match.record
         restrictions: list[Restriction] = [
             ValidityWindow(not_after=expires, not_before=now)]

@@ -7,7 +7,8 @@ How a request with a token flows through devpi-server:
    credentials hook).  Strings that don't look like a token are left alone,
    so devpi's password check sees them untouched.
 2. :func:`authenticate` (called from the identity hook, once per request)
-   checks the token: record, key, signature, validity window and user.  It
+   checks the token: record, key, signature, validity window, user and
+   the server's ``--tokens-max-lifetime`` (judged by the record).  It
    returns a :class:`TokenIdentity` or raises :class:`TokenRefused` (401/403
    with a reason).  A token string already verified against the very same
    record object skips loading and the signature check (see
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
 import json
@@ -208,7 +210,7 @@ def _authenticate(
     store: TokenStore, claimed_user: str, raw: str, now: int,
     client_address: str | None = None,
 ) -> TokenIdentity:
-    user, token_id, restrictions = _verified(store, raw)
+    user, token_id, restrictions, record = _verified(store, raw)
     if claimed_user not in ANY_USER_NAMES and claimed_user != user:
         raise TokenRefused(403, f"token belongs to user '{user}', not '{claimed_user}'")
     # Restrictions that hold whatever the request does: validity window,
@@ -219,14 +221,21 @@ def _authenticate(
     result = check_all((r for r in restrictions if r not in networks), ctx)
     if not result:
         raise TokenRefused(401, result.reason)
+    # --tokens-max-lifetime: judged by the record, so a derived token
+    # lives as long as the token it was derived from
+    limit = store.max_lifetime
+    if limit is not None and limit.exceeded_by_record(record):
+        raise TokenRefused(401, limit.refusal(user, token_id))
     result = check_all(networks, ctx)
     if not result:
         raise TokenRefused(403, result.reason)
     return TokenIdentity(user, token_id, restrictions, now, client_address)
 
 
-def _verified(store: TokenStore, raw: str) -> tuple[str, str, tuple[Restriction, ...]]:
-    """User, id and restrictions of a token signed with its record's current key.
+def _verified(
+    store: TokenStore, raw: str,
+) -> tuple[str, str, tuple[Restriction, ...], Mapping[str, Any]]:
+    """User, id, restrictions and record of a token signed with its record's current key.
 
     A token string verified before against the very same record object
     (see :class:`~.server_store.VerifiedTokens`) skips loading and the
@@ -235,9 +244,9 @@ def _verified(store: TokenStore, raw: str) -> tuple[str, str, tuple[Restriction,
     """
     cached = store.verified.get(raw)
     if cached is not None:
-        _, handle = store.find_record(cached.user, cached.token_id)
-        if handle is not None and handle is cached.record:
-            return cached.user, cached.token_id, cached.restrictions
+        record, handle = store.find_record(cached.user, cached.token_id)
+        if record is not None and handle is not None and handle is cached.record:
+            return cached.user, cached.token_id, cached.restrictions, record
         # deleted or rewritten since: forget it, and check it all again
         store.verified.discard(raw)
     try:
@@ -266,7 +275,7 @@ def _verified(store: TokenStore, raw: str) -> tuple[str, str, tuple[Restriction,
             "(the token was altered, or the server secret changed)")
     if handle is not None:
         store.verified.put(raw, VerifiedToken(user, token_id, token.restrictions, handle))
-    return user, token_id, token.restrictions
+    return user, token_id, token.restrictions, record
 
 
 # ---------------------------------------------------------------------------

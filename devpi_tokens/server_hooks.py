@@ -14,6 +14,7 @@ from pyramid.events import ContextFound
 
 from . import oidc_config
 from . import server_enforce
+from . import server_limits
 from . import server_replica
 from .oidc_config import ConfigError
 from .oidc_config import OIDCSettings
@@ -24,6 +25,8 @@ from .publishers import MintedTokenPurger
 from .publishers import PublisherStore
 from .publishers import register_keys
 from .server_enforce import STORE_KEY
+from .server_limits import LimitError
+from .server_limits import MaxLifetime
 from .server_log import log
 from .server_store import TokenStore
 from .server_store import secret_warning
@@ -37,12 +40,14 @@ TWEEN = "devpi_tokens.server_enforce.token_tween_factory"
 @hookimpl
 def devpiserver_add_parser_options(parser: Any) -> None:
     oidc_config.add_parser_options(parser)
+    server_limits.add_parser_options(parser)
 
 
 @hookimpl
 def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     xom = pyramid_config.registry["xom"]
     store = TokenStore(xom)
+    store.max_lifetime = max_lifetime(xom)
     # argon2 runs once here, at startup, not on the first token request
     store.warm_up()
     pyramid_config.registry[STORE_KEY] = store
@@ -69,6 +74,15 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     pyramid_config.add_subscriber(server_enforce.refuse_unreadable_body, ContextFound)
     # replicas only: refusals for a replica that cannot verify or forward
     server_replica.configure(pyramid_config, xom)
+
+
+def max_lifetime(xom: Any) -> MaxLifetime | None:
+    """``--tokens-max-lifetime``, read once at startup; a bad value stops the server."""
+    try:
+        return server_limits.max_lifetime_from_xom(xom)
+    except LimitError as exc:
+        log(xom.log).error("devpi-tokens: %s", str(exc))
+        raise SystemExit(f"devpi-tokens: {exc}") from None
 
 
 def oidc_state(xom: Any) -> OIDCState:

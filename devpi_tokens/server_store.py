@@ -74,6 +74,8 @@ if TYPE_CHECKING:
     from devpi_server.keyfs_types import TypedKey
     from devpi_server.main import XOM
 
+    from .server_limits import MaxLifetime
+
 
 #: Field of the user record holding the token table of this release: one
 #: compact JSON string (see the module docstring).
@@ -148,6 +150,8 @@ class TokenStore:
         self.snapshots = SnapshotCache()
         self.verified = VerifiedTokens()
         self.legacy_key = legacy_key if legacy_key is not None else _load_legacy_key_func()
+        #: ``--tokens-max-lifetime``, read once at startup (None: no limit)
+        self.max_lifetime: MaxLifetime | None = None
 
     # -- keys --------------------------------------------------------------
 
@@ -275,7 +279,7 @@ class TokenStore:
     def list_tokens(self, username: str) -> dict[str, dict[str, Any]]:
         """Public information of every token of a user, oldest first; never a key or salt."""
         return {
-            str(token_id): public_info(record)
+            str(token_id): public_info(record, self.max_lifetime)
             for token_id, record in self._records(username)}
 
     def count_records(self, username: str, which: Callable[[Mapping[str, Any]], bool]) -> int:
@@ -667,7 +671,9 @@ def _int_or_none(value: Any) -> int | None:
     return value if type(value) is int else None
 
 
-def public_info(record: Mapping[str, Any]) -> dict[str, Any]:
+def public_info(
+    record: Mapping[str, Any], max_lifetime: MaxLifetime | None = None,
+) -> dict[str, Any]:
     """What a listing shows of a record: restrictions, description, times.
 
     Built field by field from known keys, so secrets (our salt, 1.x's key)
@@ -694,6 +700,9 @@ def public_info(record: Mapping[str, Any]) -> dict[str, Any]:
         "indexes": _list_or_none(effective.indexes),
         "allowed": _list_or_none(effective.allowed),
         "ips": _list_or_none(effective.ips),
+        # beyond --tokens-max-lifetime: refused at use
+        "exceeds_max_lifetime": (
+            max_lifetime is not None and max_lifetime.exceeded_by_record(record)),
     }
     trusted = record.get(TRUSTED_FIELD)
     if isinstance(trusted, str):
@@ -740,11 +749,18 @@ def is_expired(record: Mapping[str, Any], now: int) -> bool:
     A token is valid while ``now < expires``; records without an expiry
     (``"never"``) never expire.  1.x records are judged by their caveats.
     """
-    if "expires" in record:
-        expires = _int_or_none(record.get("expires"))
-    else:
-        expires = expiry_of(_parsed(_caveats(record)))
+    expires = record_expires(record)
     return expires is not None and now >= expires
+
+
+def record_expires(record: Mapping[str, Any]) -> int | None:
+    """The expiry of a record's token (None: never).
+
+    Our records carry it; 1.x records only in their caveats.
+    """
+    if "expires" in record:
+        return _int_or_none(record.get("expires"))
+    return expiry_of(_parsed(_caveats(record)))
 
 
 def secret_warning(xom: XOM) -> str | None:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from pyramid.request import Request
     from pyramid.response import Response
 
+    from .server_limits import MaxLifetime
     from .server_store import TokenStore
 
 
@@ -194,8 +195,14 @@ def _check_network(text: str) -> str | None:
 class CreateRequest:
     """A validated create body: restrictions, expiry and description."""
 
-    def __init__(self, data: dict[str, Any], now: int) -> None:
-        expires = data.get("expires", now + DEFAULT_LIFETIME)
+    def __init__(
+        self, data: dict[str, Any], now: int, max_lifetime: MaxLifetime | None = None,
+    ) -> None:
+        default = DEFAULT_LIFETIME
+        if max_lifetime is not None:
+            # --tokens-max-lifetime shorter than the default: the limit
+            default = min(default, max_lifetime.seconds)
+        expires = data.get("expires", now + default)
         if expires == "never":
             self.expires: int | None = None
         else:
@@ -252,16 +259,21 @@ def token_create(request: Request) -> Response:
     if not isinstance(authorized, tuple):
         return authorized
     username, privileged = authorized
+    store = get_store(request)
+    limit = store.max_lifetime
     try:
-        wanted = CreateRequest(_read_body(request), int(time.time()))
+        wanted = CreateRequest(_read_body(request), int(time.time()), limit)
         restrictions = wanted.restrictions()
     except BadRequest as exc:
         return _apiresult(400, str(exc))
-    if wanted.needs_privilege() and not privileged:
+    if limit is not None:
+        # the admin's limit replaces the privilege rule and binds everyone
+        if limit.exceeded_by(wanted.now, wanted.expires):
+            return _apiresult(403, limit.message)
+    elif wanted.needs_privilege() and not privileged:
         return _apiresult(
             403, "only root and --restrict-modify users may create tokens that never "
             "expire or are valid for more than 366 days")
-    store = get_store(request)
     token = store.create(
         username, restrictions, created=wanted.now, expires=wanted.expires,
         description=wanted.description)

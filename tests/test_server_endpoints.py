@@ -76,7 +76,7 @@ def test_list_shows_public_fields_and_nothing_secret(alice):
     info = tokens[token_id]
     assert set(info) == {
         "restrictions", "caveats", "description", "created", "expires", "not_before",
-        "projects", "indexes", "allowed", "ips", "expired"}
+        "projects", "indexes", "allowed", "ips", "expired", "exceeds_max_lifetime"}
     assert info["expired"] is False
     assert info["description"] == "deploy"
     assert info["expires"] == now + DAY

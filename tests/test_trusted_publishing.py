@@ -17,6 +17,7 @@ import pytest
 from conftest import JSON
 from conftest import TokenServer
 from conftest import basic
+from conftest import bearer
 from oidc_issuer import GITHUB_ISSUER
 from oidc_issuer import GITLAB_ISSUER
 from oidc_issuer import LocalIssuer
@@ -795,3 +796,19 @@ def test_a_publisher_has_a_bounded_number_of_tokens_in_use(tp, monkeypatch):
     description = refused(tp.mint_claims(github_claims(audience=AUD)), "invalid-publisher")
     assert "has 3 tokens in use" in description
     assert len(tp.list_tokens("alice")) == 3
+
+
+def test_minted_tokens_keep_within_the_servers_max_lifetime(start):
+    """--tokens-max-lifetime shorter than 15 minutes: minted tokens live that long."""
+    srv = start("--tokens-max-lifetime", "10m")
+    srv.create_user("alice")
+    srv.create_index("alice/other", PW)
+    srv.publisher_id()
+    r = srv.mint_claims(github_claims(audience=AUD))
+    assert r.status_code == 200, r.text
+    (info,) = srv.list_tokens("alice").values()
+    assert info["expires"] - info["created"] == 600
+    assert info["exceeds_max_lifetime"] is False
+    # and it works: the limit does not refuse it
+    status = srv.upload("alice/dev", "proj", "1.0", bearer(r.json["token"])).status_code
+    assert status == 200
