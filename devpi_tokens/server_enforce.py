@@ -49,6 +49,7 @@ from .restrictions import Context
 from .restrictions import Restriction
 from .restrictions import TokenError
 from .restrictions import check_all
+from .server_audit import audit
 from .server_inheritance import BasesGuard
 from .server_inheritance import resolution_order
 from .server_log import log
@@ -444,27 +445,41 @@ def token_tween_factory(
                 guard = BasesGuard.start(request, identity.restrictions)
             response = handler(request)
         except TokenRefused as refused:
-            return refusal_response(request, refused.status, refused.reason)
-        if guard is not None and response.status_code < 400:
-            widening = guard.widening()
-            if widening is not None:
-                # nothing of this request is stored
-                registry["xom"].keyfs.tx.doom()
-                log().info(
-                    "token %s-%s refused: %s", identity.username, identity.token_id, widening)
-                return refusal_response(request, 403, widening)
-        if (
-            isinstance(identity, TokenIdentity)
-            and identity.last_denial is not None
-            and response.status_code in (401, 403)
-        ):
-            log().info(
-                "token %s-%s denied: %s",
-                identity.username, identity.token_id, identity.last_denial)
-            return refusal_response(request, 403, identity.last_denial)
+            response = refusal_response(request, refused.status, refused.reason)
+            if isinstance(identity, TokenIdentity):
+                audit(request, identity, response.status_code)
+            return response
+        response = _explained(request, identity, guard, response, registry)
+        if isinstance(identity, TokenIdentity):
+            audit(request, identity, response.status_code)
         return response
 
     return token_tween
+
+
+def _explained(
+    request: Request, identity: Any, guard: BasesGuard | None, response: Response,
+    registry: Registry,
+) -> Response:
+    """The response, or the token's own refusal with its reason."""
+    if guard is not None and response.status_code < 400:
+        widening = guard.widening()
+        if widening is not None:
+            # nothing of this request is stored
+            registry["xom"].keyfs.tx.doom()
+            log().info(
+                "token %s-%s refused: %s", identity.username, identity.token_id, widening)
+            return refusal_response(request, 403, widening)
+    if (
+        isinstance(identity, TokenIdentity)
+        and identity.last_denial is not None
+        and response.status_code in (401, 403)
+    ):
+        log().info(
+            "token %s-%s denied: %s",
+            identity.username, identity.token_id, identity.last_denial)
+        return refusal_response(request, 403, identity.last_denial)
+    return response
 
 
 def refuse_unreadable_body(event: Any) -> None:
