@@ -30,13 +30,15 @@ from .publishers import PublisherStore
 from .publishers import publisher_from_body
 from .restrictions import TokenError
 from .restrictions import project_name_problem
-from .server_enforce import STORE_KEY
 from .server_json import MAX_BODY
 from .server_json import BadBody
 from .server_json import load_json_body
 from .server_log import log
 from .server_store import is_trusted_publishing
+from .server_views import apiresult
 from .server_views import authorize_owner
+from .server_views import get_store
+from .server_views import method_not_allowed
 from .tokens import Token
 from .tokens import looks_like_token
 
@@ -45,7 +47,6 @@ if TYPE_CHECKING:
     from pyramid.config import Configurator
     from pyramid.request import Request
 
-    from .server_store import TokenStore
 
 
 #: Registry key of this server's :class:`OIDCState`.
@@ -70,20 +71,10 @@ def get_state(request: Request) -> OIDCState:
     return state
 
 
-def get_tokens(request: Request) -> TokenStore:
-    store: TokenStore = request.registry[STORE_KEY]
-    return store
-
-
 def _json(status: int, body: dict[str, Any]) -> Response:
     return Response(
         body=(json.dumps(body, indent=2) + "\n").encode("utf-8"), status=status,
         content_type="application/json", charset="utf-8")
-
-
-def _apiresult(code: int, message: str | None = None, **kw: Any) -> Response:
-    from devpi_server.views import apiresult
-    return apiresult(code, message, **kw)
 
 
 # ---------------------------------------------------------------------------
@@ -215,7 +206,7 @@ def _mint(request: Request) -> Response:
     owner_id = match.publisher.owner_id(claims)
     if match.pinned_owner_id is None and owner_id is not None:
         state.publishers.pin_owner(match.user, match.publisher_id, owner_id)
-    token, expires = state.publishers.mint(get_tokens(request), match, claims, now)
+    token, expires = state.publishers.mint(get_store(request), match, claims, now)
     log(request.log).info(
         "trusted publishing: minted token %s of user %s for publisher %s (%s)",
         token.token_id, match.user, match.publisher_id, match.publisher.summary())
@@ -249,7 +240,7 @@ def _burn(request: Request) -> None:
     user, token_id = token.user, token.token_id
     if "/" in user:
         return
-    tokens = get_tokens(request)
+    tokens = get_store(request)
     record = tokens.get_record(user, token_id)
     if record is None or not is_trusted_publishing(record):
         return
@@ -274,7 +265,7 @@ class BadRequest(Exception):
 def _authorize(request: Request, action: str) -> tuple[str, bool] | Response:
     """``(target user, caller is privileged)`` or the refusal to return."""
     if not get_state(request).settings.enabled:
-        return _apiresult(403, DISABLED)
+        return apiresult(403, DISABLED)
     return authorize_owner(request, action, "trusted publishers")
 
 
@@ -344,18 +335,18 @@ def publisher_add(request: Request) -> Response:
             username, publisher, indexes=indexes, projects=projects or None,
             description=description, created=int(time.time()))
     except BadRequest as exc:
-        return _apiresult(400, str(exc))
+        return apiresult(400, str(exc))
     except PublisherConflict as conflict:
         message = f"this publisher ({publisher.summary()}) is already registered on this server"
         if is_root:
             message += f", by user '{conflict.holder}' (publisher {conflict.publisher_id})"
-        return _apiresult(409, message)
+        return apiresult(409, message)
     except ValueError as exc:  # too many publishers
-        return _apiresult(400, str(exc))
+        return apiresult(400, str(exc))
     log(request.log).info(
         "added trusted publisher %s of user %s: %s (by %s)",
         publisher_id, username, publisher.summary(), request.authenticated_userid)
-    return _apiresult(201, result=info, type="publisher-info")
+    return apiresult(201, result=info, type="publisher-info")
 
 
 def publisher_list(request: Request) -> Response:
@@ -364,7 +355,7 @@ def publisher_list(request: Request) -> Response:
         return authorized
     username, _ = authorized
     publishers = get_state(request).publishers.list(username)
-    return _apiresult(200, result={"publishers": publishers}, type="publishers-info")
+    return apiresult(200, result={"publishers": publishers}, type="publishers-info")
 
 
 def publisher_delete(request: Request) -> Response:
@@ -375,18 +366,14 @@ def publisher_delete(request: Request) -> Response:
     publisher_id = request.matchdict["publisher_id"]
     publishers = get_state(request).publishers
     if not publishers.delete(username, publisher_id):
-        return _apiresult(404, f"user '{username}' has no trusted publisher '{publisher_id}'")
+        return apiresult(404, f"user '{username}' has no trusted publisher '{publisher_id}'")
     log(request.log).info(
         "deleted trusted publisher %s of user %s (by %s)",
         publisher_id, username, request.authenticated_userid)
     # the publishers left, as the listing shows them
-    return _apiresult(
+    return apiresult(
         200, f"trusted publisher {publisher_id} of user {username} deleted",
         result={"publishers": publishers.list(username)}, type="publishers-info")
-
-
-def method_not_allowed(request: Request) -> Response:
-    return _apiresult(405, f"method {request.method} not allowed here")
 
 
 ROUTES = (

@@ -66,9 +66,10 @@ class BadRequest(Exception):
     """A create body that cannot be used; the message says why."""
 
 
-def _apiresult(code: int, message: str | None = None, **kw: Any) -> Response:
-    from devpi_server.views import apiresult
-    return apiresult(code, message, **kw)
+def apiresult(code: int, message: str | None = None, **kw: Any) -> Response:
+    """An answer in devpi's JSON style (``{"type", "result"}``, or ``{"message"}``)."""
+    from devpi_server import views
+    return views.apiresult(code, message, **kw)
 
 
 # ---------------------------------------------------------------------------
@@ -93,18 +94,18 @@ def authorize_owner(
     """
     identity = request.identity
     if isinstance(identity, TokenIdentity):
-        return _apiresult(
+        return apiresult(
             403, f"a token cannot be used to {action} {things}; "
             "log in with the password instead")
     if identity is None:
-        return _apiresult(401, f"you need to be logged in to {action} {things}")
+        return apiresult(401, f"you need to be logged in to {action} {things}")
     username = request.matchdict["user"]
     privileged = _privileged(request, identity.username, list(identity.groups or ()))
     if identity.username != username and not privileged:
-        return _apiresult(
+        return apiresult(
             403, f"user '{identity.username}' may not {action} {things} of user '{username}'")
     if not get_store(request).user_exists(username):
-        return _apiresult(404, f"no user '{username}'")
+        return apiresult(404, f"no user '{username}'")
     return username, privileged
 
 
@@ -265,13 +266,13 @@ def token_create(request: Request) -> Response:
         wanted = CreateRequest(_read_body(request), int(time.time()), limit)
         restrictions = wanted.restrictions()
     except BadRequest as exc:
-        return _apiresult(400, str(exc))
+        return apiresult(400, str(exc))
     if limit is not None:
         # the admin's limit replaces the privilege rule and binds everyone
         if limit.exceeded_by(wanted.now, wanted.expires):
-            return _apiresult(403, limit.message)
+            return apiresult(403, limit.message)
     elif wanted.needs_privilege() and not privileged:
-        return _apiresult(
+        return apiresult(
             403, "only root and --restrict-modify users may create tokens that never "
             "expire or are valid for more than 366 days")
     token = store.create(
@@ -284,7 +285,7 @@ def token_create(request: Request) -> Response:
     warning = secret_warning(request.registry["xom"])
     if warning:
         result["warning"] = warning
-    return _apiresult(201, result=result, type="token-info")
+    return apiresult(201, result=result, type="token-info")
 
 
 def token_list(request: Request) -> Response:
@@ -297,7 +298,7 @@ def token_list(request: Request) -> Response:
     for info in tokens.values():
         # the server's clock decides; +tokens-purge removes exactly these
         info["expired"] = info["expires"] is not None and now >= info["expires"]
-    return _apiresult(200, result={"tokens": tokens}, type="tokens-info")
+    return apiresult(200, result={"tokens": tokens}, type="tokens-info")
 
 
 def token_delete(request: Request) -> Response:
@@ -307,11 +308,11 @@ def token_delete(request: Request) -> Response:
     username, _ = authorized
     token_id = request.matchdict["token_id"]
     if not get_store(request).delete(username, token_id):
-        return _apiresult(404, f"user '{username}' has no token '{token_id}'")
+        return apiresult(404, f"user '{username}' has no token '{token_id}'")
     log(request.log).info(
         "deleted token %s of user %s (by %s)",
         token_id, username, request.authenticated_userid)
-    return _apiresult(200, f"token {token_id} of user {username} deleted")
+    return apiresult(200, f"token {token_id} of user {username} deleted")
 
 
 def token_purge(request: Request) -> Response:
@@ -326,13 +327,13 @@ def token_purge(request: Request) -> Response:
             "purged %s expired token(s) of user %s (by %s): %s",
             len(removed), username, request.authenticated_userid, ", ".join(removed))
     plural = "" if len(removed) == 1 else "s"
-    return _apiresult(
+    return apiresult(
         200, f"removed {len(removed)} expired token{plural} of user {username}",
         result={"removed": removed, "count": len(removed)}, type="tokens-purged")
 
 
 def method_not_allowed(request: Request) -> Response:
-    return _apiresult(405, f"method {request.method} not allowed here")
+    return apiresult(405, f"method {request.method} not allowed here")
 
 
 ROUTES = (
