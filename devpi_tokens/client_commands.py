@@ -453,10 +453,38 @@ def list_entry(token_id: str, info: dict[str, Any], now: int) -> dict[str, Any]:
                   "description": "unreadable restriction (the token is invalid)"}
             for v, r in parsed],
     }
+    if "last_used" in info:
+        # servers since 2.0 say when each token was last used (null: never)
+        entry.update(_last_use(info))
     if info.get("format") == "1.x":
         # minted by devpi-tokens 1.x (the server says so); still valid
         entry["format"] = "1.x"
     return entry
+
+
+def _last_use(info: dict[str, Any]) -> dict[str, Any]:
+    at = info.get("last_used")
+    if not isinstance(at, int) or isinstance(at, bool):
+        return {"last_used": None, "last_used_from": None, "last_used_for": None}
+    client, purpose = info.get("last_used_from"), info.get("last_used_for")
+    return {
+        "last_used": at,
+        "last_used_from": client if isinstance(client, str) else None,
+        "last_used_for": purpose if isinstance(purpose, str) else None,
+    }
+
+
+def describe_last_use(entry: dict[str, Any], now: int) -> str:
+    """``2026-12-02 03:40 UTC (2 minutes ago) from 192.0.2.7: upload foo to alice/dev``."""
+    at = entry["last_used"]
+    if at is None:
+        return "never"
+    text = f"{format_time(at)} ({describe_relative(at, now)})"
+    if entry["last_used_from"]:
+        text += f" from {entry['last_used_from']}"
+    if entry["last_used_for"]:
+        text += f": {entry['last_used_for']}"
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -763,6 +791,8 @@ def _print_entry(entry: dict[str, Any], now: int) -> None:
     if isinstance(created, int):
         lines.append(f"    created  {format_time(created)} ({describe_relative(created, now)})")
     lines.append(f"    state    {entry['state_description']}")
+    if "last_used" in entry:
+        lines.append(f"    used     {describe_last_use(entry, now)}")
     if entry.get("format") == "1.x":
         lines.append("    format   older devpi-tokens 1.x token")
     lines += [f"    - {r['description']}" for r in entry["restrictions"]]

@@ -17,25 +17,23 @@ from .server_log import log
 if TYPE_CHECKING:
     from pyramid.request import Request
 
+    from .server_target import Target
+
 MUTATING_METHODS = frozenset({"PUT", "POST", "PATCH", "DELETE", "PUSH"})
 
 LINE = ("token audit: user %s token %s action %s %s project %s index %s "
         "client %s result %s")
 
 
-def audit(request: Request, identity: Any, status: int) -> None:
-    """Log one token-authenticated request (``identity`` a TokenIdentity)."""
-    target = getattr(identity, "_target", None)
-    project = getattr(target, "project", None)
-    indexes = ",".join(getattr(target, "indexes", ()) or ()) or None
-    if target is None:
-        matchdict = request.matchdict or {}
-        project = matchdict.get("project")
-        user, index = matchdict.get("user"), matchdict.get("index")
-        indexes = f"{user}/{index}" if user and index else None
+def audit(request: Request, identity: Any, target: Target, status: int) -> None:
+    """Log one token-authenticated request (``identity`` a TokenIdentity).
+
+    ``target`` is what the request acted on, as enforcement read it.
+    """
     args = (
         identity.username, identity.token_id, request.method, request.path_info,
-        project or "-", indexes or "-", identity.client_address or "-", status)
+        target.project or "-", ",".join(target.indexes) or "-",
+        identity.client_address or "-", status)
     if request.method in MUTATING_METHODS or status >= 400:
         log().info(LINE, *args)
     else:

@@ -57,6 +57,8 @@ from .server_store import VerifiedToken
 from .server_target import Target
 from .server_target import has_body_target
 from .server_target import request_target
+from .server_target import route_target
+from .server_usage import record_request
 from .tokens import Token
 from .tokens import looks_like_token
 
@@ -69,6 +71,8 @@ if TYPE_CHECKING:
 
 
 STORE_KEY = "devpi_tokens.store"
+#: Registry key of the :class:`~.server_usage.UsageRecorder` (absent: recording off).
+USAGE_KEY = "devpi_tokens.usage"
 
 #: Usernames that mean "the token's own user" in basic auth.
 ANY_USER_NAMES = frozenset({"", "__token__"})
@@ -118,6 +122,16 @@ class TokenIdentity:
         if self._target is None:
             self._target = request_target(request)
         return self._target
+
+    def known_target(self, request: Request) -> Target:
+        """What the request acts on, without reading its body for it.
+
+        The target as enforcement read it, when it did; otherwise the
+        route's project and index only (for logs and usage, after the view).
+        """
+        if self._target is not None:
+            return self._target
+        return route_target(request)
 
     def bases_of(self, request: Request, index: str) -> frozenset[str]:
         """The indexes ``index`` inherits from, recursively (once per request)."""
@@ -446,15 +460,22 @@ def token_tween_factory(
             response = handler(request)
         except TokenRefused as refused:
             response = refusal_response(request, refused.status, refused.reason)
-            if isinstance(identity, TokenIdentity):
-                audit(request, identity, response.status_code)
-            return response
-        response = _explained(request, identity, guard, response, registry)
+        else:
+            response = _explained(request, identity, guard, response, registry)
         if isinstance(identity, TokenIdentity):
-            audit(request, identity, response.status_code)
+            _after(request, identity, response.status_code, registry)
         return response
 
     return token_tween
+
+
+def _after(request: Request, identity: TokenIdentity, status: int, registry: Registry) -> None:
+    """The audit line, and the use (when devpi answered below 400)."""
+    target = identity.known_target(request)
+    audit(request, identity, target, status)
+    record_request(
+        registry.get(USAGE_KEY), request, identity.username, identity.token_id,
+        identity.client_address, target, status)
 
 
 def _explained(

@@ -16,6 +16,7 @@ from . import oidc_config
 from . import server_enforce
 from . import server_limits
 from . import server_replica
+from . import server_usage
 from .oidc_config import ConfigError
 from .oidc_config import OIDCSettings
 from .oidc_keys import KeyRing
@@ -25,11 +26,13 @@ from .publishers import MintedTokenPurger
 from .publishers import PublisherStore
 from .publishers import register_keys
 from .server_enforce import STORE_KEY
+from .server_enforce import USAGE_KEY
 from .server_limits import LimitError
 from .server_limits import MaxLifetime
 from .server_log import log
 from .server_store import TokenStore
 from .server_store import secret_warning
+from .server_usage import UsageRecorder
 
 
 hookimpl = HookimplMarker("devpiserver")
@@ -41,6 +44,7 @@ TWEEN = "devpi_tokens.server_enforce.token_tween_factory"
 def devpiserver_add_parser_options(parser: Any) -> None:
     oidc_config.add_parser_options(parser)
     server_limits.add_parser_options(parser)
+    server_usage.add_parser_options(parser)
 
 
 @hookimpl
@@ -58,6 +62,12 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     if not xom.is_replica() and not xom.config.requests_only:
         # expired minted tokens go without anyone asking
         xom.thread_pool.register(MintedTokenPurger(xom, store))
+    recorder = usage_recorder(xom, store)
+    if recorder is not None:
+        pyramid_config.registry[USAGE_KEY] = recorder
+        # writes (or, on a replica, sends) the recorded uses every interval
+        # and at shutdown
+        xom.thread_pool.register(recorder)
     pyramid_config.include("devpi_tokens.server_views")
     pyramid_config.include("devpi_tokens.oidc_views")
     # mint requests: the JWT (and any key fetch) is checked before devpi's
@@ -83,6 +93,25 @@ def max_lifetime(xom: Any) -> MaxLifetime | None:
     except LimitError as exc:
         log(xom.log).error("devpi-tokens: %s", str(exc))
         raise SystemExit(f"devpi-tokens: {exc}") from None
+
+
+def usage_recorder(xom: Any, store: TokenStore) -> UsageRecorder | None:
+    """The recorder of token uses (None: ``--tokens-usage-interval 0``)."""
+    try:
+        interval = server_usage.interval_from_xom(xom)
+    except ValueError as exc:
+        log(xom.log).error("devpi-tokens: %s", str(exc))
+        raise SystemExit(f"devpi-tokens: {exc}") from None
+    return UsageRecorder(xom, store, interval) if interval else None
+
+
+@hookimpl
+def devpiserver_cmdline_run(xom: Any) -> None:
+    # runs in the main thread of a real devpi-server process before it
+    # serves (tests that build a server in-process never call it): SIGTERM
+    # becomes a clean stop, so recorded uses are written
+    if getattr(xom.config.args, "tokens_usage_interval", 0):
+        server_usage.install_sigterm_handler()
 
 
 def oidc_state(xom: Any) -> OIDCState:

@@ -203,15 +203,17 @@ class TokenStore:
 
     # -- reading -------------------------------------------------------------
 
-    def _user_key(self, username: str) -> TypedKey[dict[str, Any]]:
+    def user_key(self, username: str) -> TypedKey[dict[str, Any]]:
+        """The keyfs key of the user's record (``<user>/.config``)."""
         # keyfs types its keys only as "PTypedKey | TypedKey"; USER is the
         # pattern key "{user}/.config" (devpi-server casts it the same way)
         return cast("PTypedKey[dict[str, Any]]", self.xom.keyfs.USER)(user=username)
 
-    def _user_value(self, username: str) -> Mapping[str, Any]:
+    def user_record(self, username: str) -> Mapping[str, Any]:
+        """The user's whole record, read-only (empty if there is no such user)."""
         # keyfs hands out a read-only view of its cached value: no copy.
         # (User.get() would deep-copy the whole record.)
-        return self._user_key(username).get()
+        return self.user_key(username).get()
 
     def _tables(self, username: str) -> Tables:
         """The user's token table (parsed, cached) and 1.x's table, both read-only."""
@@ -220,7 +222,7 @@ class TokenStore:
             tables = self.snapshots.get(username, serial)
             if tables is not None:
                 return tables
-        value = self._user_value(username)
+        value = self.user_record(username)
         text = value.get(TABLE_FIELD)
         table = self.tables.get(username, text) if text is not None else EMPTY
         v1_table = value.get(V1_FIELD)
@@ -273,7 +275,7 @@ class TokenStore:
         return record, handle
 
     def user_exists(self, username: str) -> bool:
-        exists: bool = self._user_key(username).exists()
+        exists: bool = self.user_key(username).exists()
         return exists
 
     def list_tokens(self, username: str) -> dict[str, dict[str, Any]]:
@@ -281,6 +283,11 @@ class TokenStore:
         return {
             str(token_id): public_info(record, self.max_lifetime)
             for token_id, record in self._records(username)}
+
+    def token_ids(self, username: str) -> set[str]:
+        """The ids of every token of a user (1.x's included)."""
+        table, v1_table = self._tables(username)
+        return {str(token_id) for source in (v1_table, table) for token_id in source}
 
     def count_records(self, username: str, which: Callable[[Mapping[str, Any]], bool]) -> int:
         """How many of a user's token records ``which`` selects."""
@@ -326,7 +333,7 @@ class TokenStore:
         time with it.  Needs a write transaction.
         """
         ids = []
-        with self._user_key(username).update() as userconfig:
+        with self.user_key(username).update() as userconfig:
             table = writable_table(userconfig, username)
             v1_table = userconfig.get(V1_FIELD)
             taken = v1_table if isinstance(v1_table, Mapping) else {}
@@ -379,7 +386,7 @@ class TokenStore:
 
     def _remove(self, username: str, token_ids: Sequence[str]) -> None:
         # from whichever table holds them; 1.x's records are dropped in place
-        with self._user_key(username).update() as userconfig:
+        with self.user_key(username).update() as userconfig:
             table = writable_table(userconfig, username)
             v1_table = userconfig.get(V1_FIELD)
             for token_id in token_ids:

@@ -51,6 +51,9 @@ class Target:
     project: str | None
     indexes: tuple[str, ...]
     unreadable: str | None = None
+    #: what a POST to an index does: its form's ``:action`` ("file_upload",
+    #: "doc_upload", "register", ...) or "push"; None otherwise
+    action: str | None = None
 
 
 def _matched(value: Any) -> str | None:
@@ -67,28 +70,34 @@ def has_body_target(request: Request) -> bool:
     return route in INDEX_POST_ROUTES and request.method in INDEX_POST_METHODS
 
 
-def request_target(request: Request) -> Target:
-    """The project and the indexes a request acts on."""
+def route_target(request: Request) -> Target:
+    """The project and index a request's route names (nothing else is read)."""
     matchdict = request.matchdict or {}
     user, index = _matched(matchdict.get("user")), _matched(matchdict.get("index"))
     indexes = (f"{user}/{index}",) if user and index else ()
-    project = _matched(matchdict.get("project"))
+    return Target(_matched(matchdict.get("project")), indexes)
+
+
+def request_target(request: Request) -> Target:
+    """The project and the indexes a request acts on."""
+    routed = route_target(request)
+    project, indexes = routed.project, routed.indexes
     if has_body_target(request):
         try:
-            name, target = body_target(request)
+            name, target, action = body_target(request)
         except UnreadableBody as exc:
             return Target(None, indexes, unreadable=str(exc))
         if target is not None:
             indexes = (*indexes, target)
-        return Target(name, indexes)
+        return Target(name, indexes, action=action)
     route = getattr(request.matched_route, "name", None)
     if route in FILE_ROUTES and request.method not in ("GET", "HEAD"):
         project = project or _file_project(request)
     return Target(project, indexes)
 
 
-def body_target(request: Request) -> tuple[str | None, str | None]:
-    """``(project, target index)`` of a POST/PUSH to an index, as devpi reads it.
+def body_target(request: Request) -> tuple[str | None, str | None, str]:
+    """``(project, target index, action)`` of a POST/PUSH to an index, as devpi reads it.
 
     Raises :class:`UnreadableBody` with the reason when devpi's own reading
     would fail or yield something that is not text.
@@ -105,8 +114,8 @@ def body_target(request: Request) -> tuple[str | None, str | None]:
         raise UnreadableBody("the form's ':action' field is not text")
     if action:
         # devpi's submit view: the form decides, the body is not JSON
-        return _submitted_name(form, action), None
-    return _push_target(request)
+        return _submitted_name(form, action), None, action
+    return (*_push_target(request), "push")
 
 
 def _submitted_name(form: Any, action: str) -> str | None:

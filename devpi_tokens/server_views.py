@@ -27,12 +27,19 @@ from .restrictions import ip_network
 from .restrictions import project_name_problem
 from .restrictions import validated
 from .server_enforce import STORE_KEY
+from .server_enforce import USAGE_KEY
 from .server_enforce import TokenIdentity
 from .server_json import MAX_BODY
 from .server_json import BadBody
 from .server_json import load_json_body
 from .server_log import log
 from .server_store import secret_warning
+from .server_usage import MAX_REPORT_BYTES
+from .server_usage import REPORT_PATH
+from .server_usage import BadReport
+from .server_usage import last_uses
+from .server_usage import listing_fields
+from .server_usage import parse_report
 
 
 if TYPE_CHECKING:
@@ -293,11 +300,14 @@ def token_list(request: Request) -> Response:
     if not isinstance(authorized, tuple):
         return authorized
     username, _ = authorized
-    tokens = get_store(request).list_tokens(username)
+    store = get_store(request)
+    tokens = store.list_tokens(username)
+    uses = last_uses(store, username, request.registry.get(USAGE_KEY))
     now = int(time.time())
-    for info in tokens.values():
+    for token_id, info in tokens.items():
         # the server's clock decides; +tokens-purge removes exactly these
         info["expired"] = info["expires"] is not None and now >= info["expires"]
+        info.update(listing_fields(uses.get(token_id)))
     return apiresult(200, result={"tokens": tokens}, type="tokens-info")
 
 
@@ -332,6 +342,40 @@ def token_purge(request: Request) -> Response:
         result={"removed": removed, "count": len(removed)}, type="tokens-purged")
 
 
+def usage_report(request: Request) -> Response:
+    """A replica's token uses (``POST /_/tokens/usage``), for the next usage write.
+
+    Only devpi's own replicas may send them: they authenticate the way
+    replication does (a key derived from the shared secret).
+    """
+    from devpi_server.replica import REPLICA_USER_NAME
+
+    xom = request.registry["xom"]
+    if xom.is_replica():
+        return apiresult(409, "token usage is reported to the primary, not to a replica")
+    if getattr(request.identity, "username", None) != REPLICA_USER_NAME:
+        return apiresult(403, "only this server's replicas may report token usage")
+    recorder = request.registry.get(USAGE_KEY)
+    if recorder is None:
+        # recording is off here: taken and dropped, so replicas do not retry
+        return apiresult(200, "token usage recording is off on the primary",
+                         result={"accepted": 0})
+    length = request.content_length
+    if length is None or length > MAX_REPORT_BYTES:
+        return apiresult(413, f"a usage report is limited to {MAX_REPORT_BYTES} bytes")
+    try:
+        text = request.POST.get("uses")
+        if not isinstance(text, str):
+            raise BadReport("the form needs a 'uses' field")
+        rows = load_json_body(text.encode("utf-8"), MAX_REPORT_BYTES, 4)
+        uses = parse_report(rows, int(time.time()))
+    except (BadBody, BadReport, UnicodeError, ValueError) as exc:
+        return apiresult(400, f"bad usage report: {exc}")
+    recorder.add(uses)
+    count = sum(len(per_user) for per_user in uses.values())
+    return apiresult(200, f"{count} use(s) taken", result={"accepted": count})
+
+
 def method_not_allowed(request: Request) -> Response:
     return apiresult(405, f"method {request.method} not allowed here")
 
@@ -342,6 +386,7 @@ ROUTES = (
     ("/{user}/+tokens/{token_id}", "/{user:[^+/]+}/+tokens/{token_id:[^/]+}", "DELETE",
      token_delete),
     ("/{user}/+tokens-purge", "/{user:[^+/]+}/+tokens-purge", "POST", token_purge),
+    (REPORT_PATH, REPORT_PATH, "POST", usage_report),
 )
 
 

@@ -59,7 +59,7 @@ def counts(monkeypatch):
     """How often tokens are loaded, signatures checked, user records read."""
     seen = {"load": 0, "verify": 0, "read": 0}
     load, verify = Token.load.__func__, Token.verify_signature
-    user_value = TokenStore._user_value
+    user_value = TokenStore.user_record
 
     def counting_load(cls, raw):
         seen["load"] += 1
@@ -75,7 +75,7 @@ def counts(monkeypatch):
 
     monkeypatch.setattr(Token, "load", classmethod(counting_load))
     monkeypatch.setattr(Token, "verify_signature", counting_verify)
-    monkeypatch.setattr(TokenStore, "_user_value", counting_user_value)
+    monkeypatch.setattr(TokenStore, "user_record", counting_user_value)
     return seen
 
 

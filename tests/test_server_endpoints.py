@@ -76,8 +76,11 @@ def test_list_shows_public_fields_and_nothing_secret(alice):
     info = tokens[token_id]
     assert set(info) == {
         "restrictions", "caveats", "description", "created", "expires", "not_before",
-        "projects", "indexes", "allowed", "ips", "expired", "exceeds_max_lifetime"}
+        "projects", "indexes", "allowed", "ips", "expired", "exceeds_max_lifetime",
+        "last_used", "last_used_from", "last_used_for"}
     assert info["expired"] is False
+    assert (info["last_used"], info["last_used_from"], info["last_used_for"]) == (
+        None, None, None)
     assert info["description"] == "deploy"
     assert info["expires"] == now + DAY
     assert now - 5 <= info["created"] <= now + 5

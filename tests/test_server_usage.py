@@ -1,0 +1,293 @@
+"""Last used (issue 15): uses are recorded in memory and written in one transaction.
+
+In-process, against devpi-server's own test app and keyfs: what counts as a
+use, what the listing says, what a write stores (read back from keyfs),
+and how many serials a write costs.  Real processes (SIGTERM, replicas)
+are in ``test_server_usage_e2e.py``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from conftest import basic
+from conftest import bearer
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from devpi_tokens.restrictions import ProjectNames
+from devpi_tokens.server_enforce import USAGE_KEY
+from devpi_tokens.server_usage import USAGE_FIELD
+from devpi_tokens.server_usage import BadReport
+from devpi_tokens.server_usage import Use
+from devpi_tokens.server_usage import UsageRecorder
+from devpi_tokens.server_usage import merged
+from devpi_tokens.server_usage import parse_report
+from devpi_tokens.server_usage import parse_usage
+from devpi_tokens.tokens import Token
+
+pytestmark = [pytest.mark.notransaction]
+
+CLIENT = {"REMOTE_ADDR": "192.0.2.7"}
+
+
+def recorder(srv) -> UsageRecorder:
+    found: UsageRecorder = srv.app.app.app.registry[USAGE_KEY]
+    return found
+
+
+def stored_usage(srv, user: str) -> dict[str, Use]:
+    """What keyfs holds for the user (not what is still in memory)."""
+    with srv.xom.keyfs.read_transaction():
+        return parse_usage(srv.store.user_record(user).get(USAGE_FIELD))
+
+
+def serial(srv) -> int:
+    return srv.xom.keyfs.get_current_serial()
+
+
+def changed_keys(srv, at: int) -> set[str]:
+    """The keys one keyfs serial changed (devpi's own changelog)."""
+    with srv.xom.keyfs.read_transaction() as tx:
+        return set(tx.conn.get_changes(at))
+
+
+def token_id(token: str) -> str:
+    return Token.load(token).token_id
+
+
+def test_a_new_token_was_never_used(alice):
+    token = alice.create_token("alice")
+    info = alice.list_tokens("alice")[token_id(token)]
+    assert (info["last_used"], info["last_used_from"], info["last_used_for"]) == (
+        None, None, None)
+
+
+def test_uses_are_listed_before_they_are_written(alice):
+    token = alice.create_token("alice")
+    alice.app.extra_environ = {**alice.app.extra_environ, **CLIENT}
+    before = serial(alice)
+    r = alice.simple("alice/dev", "pkg", {**bearer(token)})
+    assert r.status_code in (200, 404)
+    r = alice.upload("alice/dev", "pkg", "1.0", bearer(token))
+    assert r.status_code == 200, r.text
+    info = alice.list_tokens("alice")[token_id(token)]
+    assert info["last_used_for"] == "upload pkg to alice/dev"
+    assert info["last_used_from"] == "192.0.2.7"
+    assert isinstance(info["last_used"], int)
+    # the upload made its serial; recording the use made none, and keyfs
+    # holds no usage yet
+    assert serial(alice) == before + 1
+    assert stored_usage(alice, "alice") == {}
+
+
+def test_one_write_stores_every_users_uses_in_one_serial(srv):
+    for name in ("alice", "bob", "carol"):
+        srv.create_user(name)
+    tokens = {name: [srv.create_token(name) for _ in range(3)]
+              for name in ("alice", "bob", "carol")}
+    for name, theirs in tokens.items():
+        for token in theirs:
+            r = srv.app.get(f"/{name}/dev/+simple/", headers=bearer(token),
+                            extra_environ=CLIENT)
+            assert r.status_code == 200
+    before = serial(srv)
+    written = recorder(srv).flush()
+    assert written == 9
+    assert serial(srv) == before + 1
+    for name, theirs in tokens.items():
+        stored = stored_usage(srv, name)
+        assert set(stored) == {token_id(t) for t in theirs}
+        for use in stored.values():
+            assert use.client == "192.0.2.7"
+            assert use.purpose == f"read {name}/dev"
+    # nothing new: no transaction, no serial
+    assert recorder(srv).flush() == 0
+    assert serial(srv) == before + 1
+
+
+def test_a_write_changes_only_users_with_new_uses(srv):
+    srv.create_user("alice")
+    srv.create_user("bob")
+    alice_token = srv.create_token("alice")
+    bob_token = srv.create_token("bob")
+    for user, token in (("alice", alice_token), ("bob", bob_token)):
+        srv.app.get(f"/{user}/dev/+simple/", headers=bearer(token))
+    recorder(srv).flush()
+    assert changed_keys(srv, serial(srv)) == {"alice/.config", "bob/.config"}
+    # a use like the stored one (same second, same request) changes nothing
+    srv.app.get("/alice/dev/+simple/", headers=bearer(alice_token))
+    srv.app.get("/bob/dev/+simple/", headers=bearer(bob_token))
+    before = serial(srv)
+    recorder(srv).flush()
+    assert serial(srv) == before
+    srv.app.get("/+api", headers=bearer(alice_token))
+    assert recorder(srv).flush() == 1
+    assert changed_keys(srv, serial(srv)) == {"alice/.config"}
+
+
+def test_refused_requests_are_not_uses(alice):
+    token = alice.create_token("alice", projects=["pkg"])
+    r = alice.upload("alice/dev", "other", "1.0", bearer(token))
+    assert r.status_code == 403
+    r = alice.app.get("/alice/+tokens", headers=bearer(token), expect_errors=True)
+    assert r.status_code == 403
+    assert token_id(token) not in recorder(alice).unwritten("alice")
+    assert alice.list_tokens("alice")[token_id(token)]["last_used"] is None
+    r = alice.register("alice/dev", "pkg", "1.0", bearer(token))
+    assert r.status_code == 200, r.text
+    info = alice.list_tokens("alice")[token_id(token)]
+    assert info["last_used_for"] == "register pkg on alice/dev"
+
+
+def test_a_derived_token_counts_for_its_parent(alice):
+    parent = Token.load(alice.create_token("alice"))
+    derived = parent.derive(ProjectNames(("pkg",)))
+    r = alice.upload("alice/dev", "pkg", "1.0", bearer(derived.dump()))
+    assert r.status_code == 200, r.text
+    recorder(alice).flush()
+    stored = stored_usage(alice, "alice")
+    assert set(stored) == {parent.token_id}
+    assert stored[parent.token_id].purpose == "upload pkg to alice/dev"
+
+
+def test_push_and_delete_are_described(alice):
+    token = alice.create_token("alice")
+    alice.create_index("alice/prod", basic("alice", "pw"))
+    assert alice.register("alice/dev", "pkg", "1.0", bearer(token)).status_code == 200
+    r = alice.upload("alice/dev", "pkg", "1.0", bearer(token))
+    assert r.status_code == 200
+    r = alice.push("alice/dev", "pkg", "1.0", "alice/prod", bearer(token))
+    assert r.status_code == 200, r.text
+    assert alice.list_tokens("alice")[token_id(token)]["last_used_for"] == (
+        "push pkg from alice/dev to alice/prod")
+    r = alice.app.delete("/alice/prod/pkg/1.0", headers=bearer(token))
+    assert r.status_code == 200
+    assert alice.list_tokens("alice")[token_id(token)]["last_used_for"] == (
+        "delete pkg on alice/prod")
+
+
+def test_a_deleted_tokens_use_is_dropped_at_the_next_write(alice):
+    keep, gone = alice.create_token("alice"), alice.create_token("alice")
+    for token in (keep, gone):
+        alice.app.get("/alice/dev/+simple/", headers=bearer(token))
+    recorder(alice).flush()
+    assert set(stored_usage(alice, "alice")) == {token_id(keep), token_id(gone)}
+    r = alice.app.delete(f"/alice/+tokens/{token_id(gone)}", headers=basic("alice", "pw"))
+    assert r.status_code == 200
+    alice.app.get("/alice/dev/+simple/", headers=bearer(keep))
+    recorder(alice).flush()
+    assert set(stored_usage(alice, "alice")) == {token_id(keep)}
+
+
+def test_uses_of_a_deleted_user_are_not_written(srv):
+    srv.create_user("bob", index=None)
+    token = srv.create_token("bob")
+    assert srv.app.get("/+api", headers=bearer(token)).status_code == 200
+    r = srv.app.delete("/bob", headers=basic("bob", "pw"))
+    assert r.status_code == 200, r.text
+    before = serial(srv)
+    assert recorder(srv).flush() == 0
+    assert serial(srv) == before
+    with srv.xom.keyfs.read_transaction():
+        assert not srv.store.user_exists("bob")
+
+
+def test_a_failed_write_keeps_the_uses(alice, monkeypatch, caplog):
+    token = alice.create_token("alice")
+    alice.app.get("/alice/dev/+simple/", headers=bearer(token), extra_environ=CLIENT)
+    rec = recorder(alice)
+
+    def broken(batch):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rec, "_write", broken)
+    caplog.set_level(logging.WARNING)
+    assert rec.flush() == 0
+    assert "recording token usage failed with OSError" in caplog.text
+    monkeypatch.undo()
+    assert rec.flush() == 1
+    assert stored_usage(alice, "alice")[token_id(token)].client == "192.0.2.7"
+
+
+def test_the_newest_use_wins_across_writes(alice):
+    token = alice.create_token("alice")
+    tid = token_id(token)
+    rec = recorder(alice)
+    rec.record("alice", tid, Use(2_000_000_000, "192.0.2.1", "read alice/dev"))
+    rec.flush()
+    # an older use reported late (a replica's) does not replace it
+    rec.add({"alice": {tid: Use(1_900_000_000, "192.0.2.2", "read alice/dev")}})
+    before = serial(alice)
+    rec.flush()
+    assert serial(alice) == before
+    assert stored_usage(alice, "alice")[tid].client == "192.0.2.1"
+
+
+def test_client_text_in_a_use_is_bounded(alice):
+    token = alice.create_token("alice")
+    name = "p" * 500
+    r = alice.register("alice/dev", name, "1.0", bearer(token))
+    assert r.status_code == 200, r.text
+    purpose = alice.list_tokens("alice")[token_id(token)]["last_used_for"]
+    assert purpose.startswith("register ppp") and purpose.endswith("...")
+    assert len(purpose) == 200
+
+
+def test_the_listing_never_shows_usage_of_other_users_tokens(srv):
+    srv.create_user("alice")
+    srv.create_user("bob")
+    token = srv.create_token("alice")
+    srv.app.get("/alice/dev/+simple/", headers=bearer(token))
+    recorder(srv).flush()
+    assert all(info["last_used"] is None for info in srv.list_tokens("bob").values())
+
+
+# ---------------------------------------------------------------------------
+# reports from replicas (the replica side runs in the e2e tests)
+
+def test_reports_need_a_replica_identity(alice):
+    token = alice.create_token("alice")
+    body = {"uses": json.dumps([["alice", token_id(token), 1, None, "x"]])}
+    for headers in ({}, basic("alice", "pw"), bearer(token), basic("root", "")):
+        r = alice.app.post("/_/tokens/usage", body, headers=headers, expect_errors=True)
+        assert r.status_code == 403, (headers, r.text)
+        assert "replicas" in r.json["message"]
+    assert recorder(alice).unwritten("alice") == {}
+
+
+@pytest.mark.parametrize(("rows", "why"), [
+    ({}, "must be a list"),
+    ([["alice"]], "each use must be"),
+    ([["alice", "abc", "1", None, "x"]], "each use must be"),
+    ([["alice", "abc", -1, None, "x"]], "each use must be"),
+    ([["alice", "abc", True, None, "x"]], "each use must be"),
+    ([["alice", "abc", 1, 5, "x"]], "each use must be"),
+    ([[1, "abc", 1, None, "x"]], "each use must be"),
+])
+def test_malformed_reports_are_refused(rows, why):
+    with pytest.raises(BadReport, match=why):
+        parse_report(rows, 10)
+
+
+def test_a_reports_future_times_are_taken_as_now():
+    uses = parse_report([["alice", "abc", 99, "192.0.2.9", "read alice/dev"]], 50)
+    assert uses == {"alice": {"abc": Use(50, "192.0.2.9", "read alice/dev")}}
+
+
+uses_st = st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d"]),
+    st.builds(Use, st.integers(0, 100), st.none() | st.just("192.0.2.1"), st.just("x")))
+
+
+@settings(max_examples=200, deadline=None)
+@given(uses_st, uses_st, st.sets(st.sampled_from(["a", "b", "c", "d"])))
+def test_merged_keeps_the_newest_use_of_existing_tokens(stored, new, ids):
+    result = merged(stored, new, ids)
+    assert set(result) == {t for t in ids if t in stored or t in new}
+    for token_id, use in result.items():
+        candidates = [u for u in (stored.get(token_id), new.get(token_id)) if u is not None]
+        assert use.at == max(u.at for u in candidates)
+        assert use in candidates
