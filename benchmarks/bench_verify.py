@@ -111,11 +111,15 @@ class Sizes:
     e2e_requests: int = 1500  # requests per e2e cell and round (bounded by time too)
     e2e_seconds: float = 12.0
     e2e_rounds: int = 3
+    usage_requests: int = 1200  # requests per usage cell and round (bounded by time too)
+    usage_seconds: float = 8.0
+    usage_rounds: int = 12
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(cold=400, warm=1500, mem=50, scale_samples=500,
-                   e2e_requests=400, e2e_seconds=5.0, e2e_rounds=2)
+                   e2e_requests=400, e2e_seconds=5.0, e2e_rounds=2,
+                   usage_requests=500, usage_seconds=4.0, usage_rounds=4)
 
 
 def _timer_overhead_ns() -> int:
@@ -893,21 +897,215 @@ def print_e2e(res: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------
+# part 4: what recording token usage ("last used") costs, end to end
+
+USAGE_TOKENS = 300
+TARGET_USAGE_DROP = 0.02
+#: Server variants: name -> (devpi-server arguments, label for the table).
+USAGE_VARIANTS: dict[str, tuple[tuple[str, ...], str]] = {
+    "on": ((), "on, default interval (60 s)"),
+    "on_1s": (("--tokens-usage-interval", "1"), "on, --tokens-usage-interval 1"),
+    "off": (("--tokens-usage-interval", "0"), "off, --tokens-usage-interval 0"),
+}
+
+
+def server_serial(port: int) -> int:
+    """devpi-server's current keyfs serial (each write transaction makes one)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", "/+api", headers={"Accept": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        return int(resp.getheader("X-Devpi-Serial", "-1"))
+    finally:
+        conn.close()
+
+
+def count_used_tokens(port: int) -> int:
+    """How many of the user's tokens the listing shows as used (written or not)."""
+    c = Http(port)
+    try:
+        listing = c.json("GET", f"/{USER}/+tokens", headers=basic(USER, PASSWORD))
+    finally:
+        c.close()
+    return sum(1 for info in listing["result"]["tokens"].values()
+               if info.get("last_used") is not None)
+
+
+def _start_usage_server(workdir: Path, name: str, sizes: Sizes,
+                        clients: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """One server of a variant with its user, index and tokens, each token used once."""
+    from devpi_process import start_server
+
+    server = start_server(workdir / name, extra_args=USAGE_VARIANTS[name][0])
+    try:
+        tokens = setup_server_data(server.port, USAGE_TOKENS, clients, 50, 2.0, server.pid)
+        check_auth(server.port, basic("__token__", tokens["many"][-1]), USER)
+        # first use of each token (the full check), so the rounds measure the steady state
+        first = load_loop(server.port, ENDPOINTS["api"], scenario_headers("d", tokens), clients,
+                          USAGE_TOKENS, sizes.e2e_seconds * 5, check_api=USER,
+                          server_pid=server.pid)
+    except BaseException:
+        server.stop()
+        raise
+    return server, tokens, {"pid": server.pid, "args": list(USAGE_VARIANTS[name][0]),
+                            "first_use": first}
+
+
+def _usage_cell(server: Any, headers_for: Callable[[int], dict[str, str]], expect: str,
+                sizes: Sizes, clients: int) -> dict[str, Any]:
+    return load_loop(server.port, ENDPOINTS["api"], headers_for, clients, sizes.usage_requests,
+                     sizes.usage_seconds, check_api=expect, server_pid=server.pid)
+
+
+def usage_round(servers: dict[str, Any], tokens: dict[str, dict[str, Any]], sizes: Sizes,
+                clients: int, number: int) -> dict[str, Any]:
+    """Anonymous and token requests on each server; the order turns every round."""
+    names = list(servers)
+    shift = number % len(names)
+    rnd: dict[str, Any] = {"order": names[shift:] + names[:shift]}
+    for name in rnd["order"]:
+        cells = {"a": (scenario_headers("a_noauth", tokens[name]), ""),
+                 "t": (scenario_headers("d", tokens[name]), USER)}
+        keys = ("a", "t") if number % 2 == 0 else ("t", "a")
+        rnd[name] = {k: _usage_cell(servers[name], *cells[k], sizes, clients) for k in keys}
+    return rnd
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def summarize_usage(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant: token/anonymous ratio per round (requests/s and server CPU)."""
+    out = {}
+    for name in USAGE_VARIANTS:
+        cells = [rnd[name] for rnd in rounds]
+        ratios = [c["t"]["rps"] / c["a"]["rps"] for c in cells]
+        cpu_a = [c["a"]["server_cpu_us_per_request"] for c in cells]
+        cpu_t = [c["t"]["server_cpu_us_per_request"] for c in cells]
+        has_cpu = None not in cpu_a and None not in cpu_t and all(cpu_t)
+        out[name] = {
+            "ratio_median": _median(ratios), "ratio_rounds": [round(x, 3) for x in ratios],
+            "rps_a_median": _median([c["a"]["rps"] for c in cells]),
+            "rps_t_median": _median([c["t"]["rps"] for c in cells]),
+            "cpu_a_us_median": _median(cpu_a) if has_cpu else None,
+            "cpu_t_us_median": _median(cpu_t) if has_cpu else None,
+            "cpu_ratio_median": _median(
+                [a / t for a, t in zip(cpu_a, cpu_t, strict=True)]) if has_cpu else None,
+        }
+    return out
+
+
+def usage_drops(summary: dict[str, Any]) -> dict[str, Any]:
+    """Ratio with recording off minus ratio with it on, for each 'on' variant."""
+    off = summary["off"]
+    drops = {}
+    for name in USAGE_VARIANTS:
+        if name == "off":
+            continue
+        on = summary[name]
+        paired = [b - a for a, b in zip(on["ratio_rounds"], off["ratio_rounds"], strict=True)]
+        drops[name] = {
+            "drop": round(off["ratio_median"] - on["ratio_median"], 3),
+            "paired_drop_median": _median(paired),
+            "cpu_ratio_drop": (round(off["cpu_ratio_median"] - on["cpu_ratio_median"], 3)
+                               if on["cpu_ratio_median"] and off["cpu_ratio_median"] else None),
+            "cpu_t_us_extra": (round(on["cpu_t_us_median"] - off["cpu_t_us_median"], 1)
+                               if on["cpu_t_us_median"] and off["cpu_t_us_median"] else None),
+        }
+    return drops
+
+
+def _usage_after(servers: dict[str, Any], info: dict[str, Any]) -> None:
+    """Evidence that recording ran (or not): writes made, tokens shown as used."""
+    for name, server in servers.items():
+        info[name]["serial_end"] = server_serial(server.port)
+        info[name]["serials_during_rounds"] = info[name]["serial_end"] - info[name]["serial_start"]
+        info[name]["tokens_shown_used"] = count_used_tokens(server.port)
+
+
+def part_usage(sizes: Sizes, clients: int = 2) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="devpi-tokens-bench-"))
+    servers: dict[str, Any] = {}
+    tokens: dict[str, dict[str, Any]] = {}
+    res: dict[str, Any] = {"clients": clients, "tokens": USAGE_TOKENS, "servers": {},
+                           "rounds": []}
+    try:
+        for name in USAGE_VARIANTS:
+            servers[name], tokens[name], res["servers"][name] = _start_usage_server(
+                workdir, name, sizes, clients)
+        for name, server in servers.items():
+            res["servers"][name]["serial_start"] = server_serial(server.port)
+        for number in range(sizes.usage_rounds):
+            res["rounds"].append(usage_round(servers, tokens, sizes, clients, number))
+        _usage_after(servers, res["servers"])
+    finally:
+        for name, server in servers.items():
+            server.stop()
+            res["servers"][name]["log_errors"] = [
+                line for line in server.log().splitlines()
+                if "Traceback" in line or " ERROR " in line or "failed" in line][:10]
+        shutil.rmtree(workdir, ignore_errors=True)
+    res["summary"] = summarize_usage(res["rounds"])
+    res["drops"] = usage_drops(res["summary"])
+    res["targets"] = {
+        "usage_drop": _target(res["drops"]["on"]["drop"], TARGET_USAGE_DROP, "<="),
+        "extra_usage_drop_interval_1s": _target(
+            res["drops"]["on_1s"]["drop"], TARGET_USAGE_DROP, "<="),
+    }
+    return res
+
+
+def print_usage(res: dict[str, Any]) -> None:
+    print(f"\n== 4. usage recording: GET /+api with {res['tokens']} tokens in turn against no "
+          f"auth, one devpi-server process per variant, {res['clients']} client threads, "
+          f"{len(res['rounds'])} interleaved rounds")
+    head = (f"{'recording':<33} {'anon req/s':>10} {'tok req/s':>9} {'ratio':>6} "
+            f"{'min':>5} {'max':>5} | {'anon CPU us':>11} {'tok CPU us':>10} {'CPU ratio':>9} "
+            f"| {'writes':>6} {'used':>4}")
+    print(head)
+    print("-" * len(head))
+    for name, s in res["summary"].items():
+        srv = res["servers"][name]
+        print(f"{USAGE_VARIANTS[name][1]:<33} {s['rps_a_median']!s:>10} "
+              f"{s['rps_t_median']!s:>9} {s['ratio_median']!s:>6} "
+              f"{min(s['ratio_rounds']):>5.3f} {max(s['ratio_rounds']):>5.3f} | "
+              f"{s['cpu_a_us_median']!s:>11} {s['cpu_t_us_median']!s:>10} "
+              f"{s['cpu_ratio_median']!s:>9} | {srv['serials_during_rounds']:>6} "
+              f"{srv['tokens_shown_used']:>4}")
+    for name, d in res["drops"].items():
+        print(f"   drop, off minus {name}: {d['drop']} (median of per-round differences "
+              f"{d['paired_drop_median']}); by server CPU ratio {d['cpu_ratio_drop']}, "
+              f"token request CPU {d['cpu_t_us_extra']:+} us" if d["cpu_t_us_extra"] is not None
+              else f"   drop, off minus {name}: {d['drop']}")
+    print("   ratio: token req/s over anon req/s of the same server and round (median); "
+          "CPU ratio: anon CPU per request over token CPU per request")
+    print("   writes: keyfs serials made during the rounds (one per usage write); used: tokens "
+          "the listing shows as used")
+    for name, srv in res["servers"].items():
+        if srv.get("log_errors"):
+            print(f"   {name} server log: {srv['log_errors']}")
+    _print_targets(res["targets"])
+
+
+# --------------------------------------------------------------------------
 # driver
 
 PARTS = {
     "1": ("micro", part_micro, print_micro),
     "2": ("scaling", part_scaling, print_scaling),
     "3": ("e2e", part_e2e, print_e2e),
+    "4": ("usage", part_usage, print_usage),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller samples (~3 minutes)")
-    parser.add_argument("--parts", default="1,2,3", help="comma-separated parts to run")
+    parser.add_argument("--parts", default="1,2,3,4", help="comma-separated parts to run")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON")
-    parser.add_argument("--clients", type=int, default=2, help="HTTP client threads (part 3)")
+    parser.add_argument("--clients", type=int, default=2, help="HTTP client threads (parts 3, 4)")
     args = parser.parse_args(argv)
     sizes = Sizes.quick() if args.quick else Sizes()
     global _OVERHEAD_NS
@@ -925,7 +1123,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{' (--quick)' if args.quick else ''}")
     for part in args.parts.split(","):
         name, run, show = PARTS[part.strip()]
-        kwargs = {"clients": args.clients} if name == "e2e" else {}
+        kwargs = {"clients": args.clients} if name in ("e2e", "usage") else {}
         results[name] = run(sizes, **kwargs)
         show(results[name])
     results["meta"]["loadavg_end"] = _loadavg()

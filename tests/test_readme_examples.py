@@ -40,6 +40,10 @@ SKETCH = ".. sketch (not run)"
 #: by the step named ``name``.
 SCENARIO: list[tuple[str | None, str]] = [
     ("ci", 'devpi token-create -p mypkg -e 90d -d "CI upload of mypkg" -o ci.token'),
+    # hidden: a use of the CI token, for token-list's "used" line
+    (None, "devpi token-login -f ci.token"),
+    (None, "devpi getjson /alice/dev"),
+    (None, f"devpi login alice --password {PASSWORD}"),
     ("ro", 'devpi token-create -i alice/dev -a pkg_read -d "read-only for pip"'),
     (None, "devpi token-create -e never"),
     (None, "devpi token-derive -f ci.token -e 1h -o job.token"),
