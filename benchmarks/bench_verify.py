@@ -942,7 +942,7 @@ def _start_usage_server(workdir: Path, name: str, sizes: Sizes,
         tokens = setup_server_data(server.port, USAGE_TOKENS, clients, 50, 2.0, server.pid)
         check_auth(server.port, basic("__token__", tokens["many"][-1]), USER)
         # first use of each token (the full check), so the rounds measure the steady state
-        first = load_loop(server.port, ENDPOINTS["api"], scenario_headers("d", tokens), clients,
+        first = load_loop(server.port, ENDPOINTS["api"], scenario_headers("d_tokens_in_turn", tokens), clients,
                           USAGE_TOKENS, sizes.e2e_seconds * 5, check_api=USER,
                           server_pid=server.pid)
     except BaseException:
@@ -966,7 +966,7 @@ def usage_round(servers: dict[str, Any], tokens: dict[str, dict[str, Any]], size
     rnd: dict[str, Any] = {"order": names[shift:] + names[:shift]}
     for name in rnd["order"]:
         cells = {"a": (scenario_headers("a_noauth", tokens[name]), ""),
-                 "t": (scenario_headers("d", tokens[name]), USER)}
+                 "t": (scenario_headers("d_tokens_in_turn", tokens[name]), USER)}
         keys = ("a", "t") if number % 2 == 0 else ("t", "a")
         rnd[name] = {k: _usage_cell(servers[name], *cells[k], sizes, clients) for k in keys}
     return rnd
@@ -1075,10 +1075,9 @@ def print_usage(res: dict[str, Any]) -> None:
               f"{s['cpu_ratio_median']!s:>9} | {srv['serials_during_rounds']:>6} "
               f"{srv['tokens_shown_used']:>4}")
     for name, d in res["drops"].items():
-        print(f"   drop, off minus {name}: {d['drop']} (median of per-round differences "
-              f"{d['paired_drop_median']}); by server CPU ratio {d['cpu_ratio_drop']}, "
-              f"token request CPU {d['cpu_t_us_extra']:+} us" if d["cpu_t_us_extra"] is not None
-              else f"   drop, off minus {name}: {d['drop']}")
+        print(f"   drop (ratio off minus ratio {name}): {d['drop']}; median of the per-round "
+              f"differences {d['paired_drop_median']}; by CPU ratio {d['cpu_ratio_drop']}; "
+              f"token request server CPU {name} minus off: {d['cpu_t_us_extra']} us")
     print("   ratio: token req/s over anon req/s of the same server and round (median); "
           "CPU ratio: anon CPU per request over token CPU per request")
     print("   writes: keyfs serials made during the rounds (one per usage write); used: tokens "

@@ -72,6 +72,10 @@ MAX_REPORT_BYTES = 1024 * 1024
 #: Seconds a replica waits for its primary to take a report.
 REPORT_TIMEOUT = 20.0
 
+#: How many intervals a replica lists a use it sent (the primary writes it
+#: with its next write, then replication brings it back).
+REPORTED_KEPT_INTERVALS = 5
+
 #: Longest ``last_used_for`` / ``last_used_from`` kept (client text is in them).
 MAX_TEXT = 200
 
@@ -225,6 +229,9 @@ class UsageRecorder:
         self._pending: Uses = {}
         # taken for a write that has not finished yet (listings still see them)
         self._in_flight: Uses = {}
+        # a replica's uses sent to the primary, until they are back through
+        # replication (listings still see them); with the time they were sent
+        self._reported: dict[tuple[str, str], tuple[Use, float]] = {}
         self._sender: Any = None
         #: keyfs write transactions made, and uses written or sent (for tests and logs)
         self.writes = 0
@@ -252,6 +259,9 @@ class UsageRecorder:
             result = dict(self._in_flight.get(user, {}))
             for token_id, use in self._pending.get(user, {}).items():
                 result[token_id] = newest(result.get(token_id), use)
+            for (owner, token_id), (use, _) in self._reported.items():
+                if owner == user:
+                    result[token_id] = newest(result.get(token_id), use)
         return result
 
     # -- writing ---------------------------------------------------------------
@@ -314,6 +324,7 @@ class UsageRecorder:
 
     def _send(self, batch: Uses) -> int:
         """Report a replica's uses to its primary, in chunks."""
+        self._forget_old_reports()
         rows = [
             [user, token_id, *use.dump()]
             for user, uses in batch.items() for token_id, use in uses.items()]
@@ -324,6 +335,7 @@ class UsageRecorder:
                 self._post(chunk)
                 for user, token_id, *_ in chunk:
                     sent.setdefault(user, {})[token_id] = batch[user][token_id]
+                    self._remember_reported(user, token_id, batch[user][token_id])
         except Exception:
             # what did not go out is tried again
             self.add({
@@ -331,6 +343,17 @@ class UsageRecorder:
                 for user, uses in batch.items()})
             raise
         return len(rows)
+
+    def _remember_reported(self, user: str, token_id: str, use: Use) -> None:
+        with self._lock:
+            self._reported[user, token_id] = (use, time.monotonic())
+
+    def _forget_old_reports(self) -> None:
+        # by then the primary wrote them and replication brought them back
+        horizon = time.monotonic() - REPORTED_KEPT_INTERVALS * max(self.interval, 60)
+        with self._lock:
+            self._reported = {
+                key: value for key, value in self._reported.items() if value[1] >= horizon}
 
     def _post(self, rows: list[list[Any]]) -> None:
         if self._sender is None:

@@ -167,6 +167,26 @@ def test_list_entry_tolerates_odd_server_data():
     assert "expires in 1 minute" in entry["state_description"]
 
 
+@pytest.mark.parametrize(("info", "line"), [
+    ({"last_used": None}, "never"),
+    ({"last_used": NOW - 120, "last_used_from": "192.0.2.7",
+      "last_used_for": "upload foo to alice/dev"},
+     "(2 minutes ago) from 192.0.2.7: upload foo to alice/dev"),
+    ({"last_used": NOW - 120, "last_used_from": 7, "last_used_for": ["x"]},
+     "(2 minutes ago)"),
+    ({"last_used": "recently", "last_used_from": "192.0.2.7"}, "never"),
+    ({"last_used": True}, "never"),
+])
+def test_last_use_line(info, line):
+    entry = client_commands.list_entry("abc", {"caveats": [], **info}, NOW)
+    assert client_commands.describe_last_use(entry, NOW).endswith(line)
+
+
+def test_older_servers_say_nothing_about_use():
+    entry = client_commands.list_entry("abc", {"caveats": []}, NOW)
+    assert "last_used" not in entry
+
+
 def test_inspect_data_never_contains_the_token():
     token = Token.mint("bob", "0123456789", b"k" * 32, (ValidityWindow(NOW + 60, NOW),))
     data = client_commands.inspect_data(token, NOW)

@@ -11,12 +11,14 @@ import json
 import logging
 
 import pytest
+from conftest import TokenServer
 from conftest import basic
 from conftest import bearer
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from devpi_tokens import server_hooks
 from devpi_tokens.restrictions import ProjectNames
 from devpi_tokens.server_enforce import USAGE_KEY
 from devpi_tokens.server_usage import USAGE_FIELD
@@ -291,3 +293,51 @@ def test_merged_keeps_the_newest_use_of_existing_tokens(stored, new, ids):
         candidates = [u for u in (stored.get(token_id), new.get(token_id)) if u is not None]
         assert use.at == max(u.at for u in candidates)
         assert use in candidates
+
+
+# ---------------------------------------------------------------------------
+# the option
+
+@pytest.fixture
+def start(makexom, maketestapp, tmp_path, cheap_password_hashing, secretfile):
+    """Start a devpi-server (in process) on one serverdir, with the options given."""
+    serverdir = tmp_path / "server"
+
+    def start(*options: str) -> TokenServer:
+        xom = makexom(
+            ["--serverdir", serverdir, "--secretfile", secretfile, *options],
+            plugins=[server_hooks])
+        return TokenServer(maketestapp(xom))
+
+    return start
+
+
+def test_a_negative_interval_stops_the_server(start):
+    with pytest.raises(SystemExit, match="--tokens-usage-interval must be a number of seconds"):
+        start("--tokens-usage-interval=-1")
+
+
+def test_interval_zero_records_nothing_but_lists_what_was_stored(start):
+    srv = start()
+    srv.create_user("alice")
+    token = srv.create_token("alice")
+    srv.app.get("/alice/dev/+simple/", headers=bearer(token), extra_environ=CLIENT)
+    assert recorder(srv).flush() == 1
+    srv = start("--tokens-usage-interval", "0")
+    assert USAGE_KEY not in srv.app.app.app.registry
+    before = serial(srv)
+    r = srv.app.get("/+api", headers=bearer(token))
+    assert r.status_code == 200
+    assert serial(srv) == before
+    info = srv.list_tokens("alice")[token_id(token)]
+    assert (info["last_used_from"], info["last_used_for"]) == ("192.0.2.7", "read alice/dev")
+
+
+def test_uses_survive_a_restart_once_written(start):
+    srv = start()
+    srv.create_user("alice")
+    token = srv.create_token("alice")
+    srv.app.get("/alice/dev/+simple/", headers=bearer(token), extra_environ=CLIENT)
+    recorder(srv).thread_shutdown()
+    srv = start()
+    assert srv.list_tokens("alice")[token_id(token)]["last_used_from"] == "192.0.2.7"
