@@ -17,7 +17,9 @@ pull.
 Shutdown: devpi-server's thread pool calls :meth:`UsageRecorder.thread_shutdown`
 on a clean stop (Ctrl-C), which writes what is pending.  devpi-server installs
 no SIGTERM handler, so SIGTERM would end the process on the spot; the plugin
-installs one (:func:`install_sigterm_handler`) that takes the Ctrl-C path.
+installs one (:func:`install_sigterm_handler`) that takes the Ctrl-C path
+and, once devpi-server has stopped, ends the process by SIGTERM as before
+(the exit status systemd and supervisors expect).
 After a crash (SIGKILL, power loss), at most the last interval is lost.
 
 Replicas cannot write to keyfs: a replica sends its uses to its primary
@@ -43,7 +45,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import NamedTuple
+import atexit
 import json
+import os
 import signal
 import threading
 import time
@@ -292,8 +296,8 @@ class UsageRecorder:
                 return self._write(batch)
             except Exception as exc:  # noqa: BLE001 - never end the server
                 log().warning(
-                    "devpi-tokens: recording token usage failed with %s; kept for "
-                    "the next try", type(exc).__name__)
+                    "devpi-tokens: recording token usage failed (%s); kept for "
+                    "the next try", _why(exc))
                 self.add(batch)
                 return 0
             finally:
@@ -372,8 +376,15 @@ class ReportRefused(Exception):
     """The primary did not take a replica's usage report (``status``)."""
 
     def __init__(self, status: int) -> None:
-        super().__init__(f"the primary answered {status}")
+        # devpi's HTTP client answers a connection failure with a negative status
+        reason = f"the primary answered {status}" if status > 0 else "the primary is unreachable"
+        super().__init__(reason)
         self.status = status
+
+
+def _why(exc: Exception) -> str:
+    # our own reasons are safe to log; of anything else only the type
+    return str(exc) if isinstance(exc, ReportRefused) else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------
@@ -447,9 +458,17 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         # already stopping: let the shutdown (our last write) finish
         return
     _STOPPING = True
+    # after the clean stop, end the way SIGTERM always ended devpi-server,
+    # so systemd and supervisors see the same exit status as before
+    atexit.register(_end_by_sigterm)
     # devpi-server's main thread ends its pool on KeyboardInterrupt: the
     # same clean stop as Ctrl-C, so every thread_shutdown runs
     raise KeyboardInterrupt
+
+
+def _end_by_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def install_sigterm_handler() -> bool:

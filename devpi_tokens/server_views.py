@@ -359,7 +359,7 @@ def usage_report(request: Request) -> Response:
     if recorder is None:
         # recording is off here: taken and dropped, so replicas do not retry
         return apiresult(200, "token usage recording is off on the primary",
-                         result={"accepted": 0})
+                         result={"accepted": 0}, type="tokens-usage")
     length = request.content_length
     if length is None or length > MAX_REPORT_BYTES:
         return apiresult(413, f"a usage report is limited to {MAX_REPORT_BYTES} bytes")
@@ -373,7 +373,8 @@ def usage_report(request: Request) -> Response:
         return apiresult(400, f"bad usage report: {exc}")
     recorder.add(uses)
     count = sum(len(per_user) for per_user in uses.values())
-    return apiresult(200, f"{count} use(s) taken", result={"accepted": count})
+    return apiresult(
+        200, f"{count} use(s) taken", result={"accepted": count}, type="tokens-usage")
 
 
 def method_not_allowed(request: Request) -> Response:

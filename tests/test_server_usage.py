@@ -208,7 +208,7 @@ def test_a_failed_write_keeps_the_uses(alice, monkeypatch, caplog):
     monkeypatch.setattr(rec, "_write", broken)
     caplog.set_level(logging.WARNING)
     assert rec.flush() == 0
-    assert "recording token usage failed with OSError" in caplog.text
+    assert "recording token usage failed (OSError)" in caplog.text
     monkeypatch.undo()
     assert rec.flush() == 1
     assert stored_usage(alice, "alice")[token_id(token)].client == "192.0.2.7"
