@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import pytest
 from conftest import TokenServer
@@ -341,3 +342,35 @@ def test_uses_survive_a_restart_once_written(start):
     recorder(srv).thread_shutdown()
     srv = start()
     assert srv.list_tokens("alice")[token_id(token)]["last_used_from"] == "192.0.2.7"
+
+
+# ---------------------------------------------------------------------------
+# 10,000 busy tokens: one write
+
+def many_tokens(srv, user: str, count: int) -> list[Token]:
+    """``count`` usable tokens of ``user``, stored with one rewrite of the table."""
+    store = srv.store
+    now = int(time.time())
+    made = [store.new_record((), created=now, expires=now + 3600) for _ in range(count)]
+    with srv.xom.keyfs.write_transaction():
+        ids = store.add_records(user, [record for record, _ in made])
+    return [
+        Token.mint(user, token_id, store.derive_key(user, token_id, salt), ())
+        for token_id, (_, salt) in zip(ids, made, strict=True)]
+
+
+def test_ten_thousand_busy_tokens_make_one_write(alice):
+    tokens = many_tokens(alice, "alice", 10_000)
+    before = serial(alice)
+    for number, token in enumerate(tokens):
+        r = alice.app.get("/+api", headers=bearer(token.dump()),
+                          extra_environ={"REMOTE_ADDR": f"10.0.{number // 256}.{number % 256}"})
+        assert r.status_code == 200
+    assert serial(alice) == before
+    assert recorder(alice).flush() == 10_000
+    assert serial(alice) == before + 1
+    assert changed_keys(alice, before + 1) == {"alice/.config"}
+    stored = stored_usage(alice, "alice")
+    assert len(stored) == 10_000
+    assert stored[tokens[-1].token_id].client == "10.0.39.15"
+    assert {use.purpose for use in stored.values()} == {"read /+api"}
