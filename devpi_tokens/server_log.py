@@ -23,6 +23,25 @@ def escape(value: Any) -> str:
     return text.encode("unicode_escape").decode("ascii")
 
 
+class Escaped:
+    """A log argument that is escaped when (and only when) a line is written.
+
+    The logger formats its arguments only for a record it emits, so a
+    debug line the server does not write (the audit line of every read)
+    costs no escaping.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return escape(self.value)
+
+    __repr__ = __str__
+
+
 class SafeLog:
     """``debug``/``info``/``warning``/``error`` with every argument escaped."""
 
@@ -30,7 +49,7 @@ class SafeLog:
         self._logger = logger
 
     def _write(self, level: str, message: str, args: tuple[Any, ...]) -> None:
-        getattr(self._logger, level)(message, *(escape(arg) for arg in args))
+        getattr(self._logger, level)(message, *(Escaped(arg) for arg in args))
 
     def debug(self, message: str, *args: Any) -> None:
         self._write("debug", message, args)
