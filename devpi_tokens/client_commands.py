@@ -628,11 +628,15 @@ def _checked(restriction: Restriction) -> Restriction:
         raise ClientError(str(exc)) from None
 
 
-def _derive_window(token: Token, args: argparse.Namespace, now: int) -> list[Restriction]:
+def _derive_window(
+    token: Token, args: argparse.Namespace, now: int,
+) -> tuple[list[Restriction], str | None]:
+    """The validity window token-derive adds, and a note to print if all goes well."""
     if args.expires is None and args.not_before is None:
-        return []
+        return [], None
     current_end, current_start = token.expires, token.not_before
     end = current_end
+    note = None
     if args.expires is not None:
         if args.expires.strip().lower() == "never":
             raise ClientError(
@@ -641,7 +645,8 @@ def _derive_window(token: Token, args: argparse.Namespace, now: int) -> list[Res
         if current_end is not None and end > current_end:
             # Not an error: every caveat is checked, so a later expiry
             # cannot widen the token; the parent's end simply stays in force.
-            _stderr_line(
+            # (Said once every check passed: a refusal is one line.)
+            note = (
                 f"note: the token already expires at {format_time(current_end)} "
                 f"({describe_relative(current_end, now)}), before -e {args.expires!r}; "
                 "that earlier expiry still applies")
@@ -659,12 +664,12 @@ def _derive_window(token: Token, args: argparse.Namespace, now: int) -> list[Res
         raise ClientError(
             f"the token would never be valid: it would start at {format_time(start)} "
             f"but expire at {format_time(end)}")
-    return [ValidityWindow(not_after=end, not_before=start)]
+    return [ValidityWindow(not_after=end, not_before=start)], note
 
 
 def derive_restrictions(token: Token, args: argparse.Namespace, now: int) -> list[Restriction]:
     """The restrictions token-derive adds; raises ClientError for anything that widens."""
-    added = _derive_window(token, args, now)
+    added, note = _derive_window(token, args, now)
     existing = token.restrictions
     projects = split_list(args.projects)
     if projects is not None:
@@ -693,6 +698,8 @@ def derive_restrictions(token: Token, args: argparse.Namespace, now: int) -> lis
     ips = split_list(args.ips)
     if ips is not None:
         added.append(_derive_networks(ips, existing))
+    if note is not None:
+        _stderr_line(note)
     return added
 
 

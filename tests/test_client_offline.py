@@ -346,6 +346,10 @@ def test_derive_narrower_lists_are_fine(client):
     ((), ("-p", "a,,b"), "empty name"),
     ((), ("-p", "foo bar"), "'foo bar' is not a valid project name"),
     ((), ("-p", "foo-\u212a"), "is not a valid project name"),
+    # a later -e would only be a note, but the derivation fails: one line
+    ((ValidityWindow(not_after=60, not_before=60),), ("-e", "1h"), "would never be valid"),
+    ((window(days=1), ProjectNames(("foo",))), ("-e", "2d", "-p", "bar"),
+     "limited to projects foo"),
 ])
 def test_derive_errors(client, restrictions, args, message):
     proc = client.fails("token-derive", "--token", mint(*restrictions), *args)
