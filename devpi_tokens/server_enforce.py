@@ -463,19 +463,21 @@ def token_tween_factory(
         else:
             response = _explained(request, identity, guard, response, registry)
         if isinstance(identity, TokenIdentity):
-            _after(request, identity, response.status_code, registry)
+            _after(request, identity, response, registry)
         return response
 
     return token_tween
 
 
-def _after(request: Request, identity: TokenIdentity, status: int, registry: Registry) -> None:
-    """The audit line, and the use (when devpi answered below 400)."""
+def _after(
+    request: Request, identity: TokenIdentity, response: Response, registry: Registry,
+) -> None:
+    """The audit line, and the use (when devpi answered with success)."""
     target = identity.known_target(request)
-    audit(request, identity, target, status)
+    audit(request, identity, target, response.status_code)
     record_request(
-        registry.get(USAGE_KEY), request, identity.username, identity.token_id,
-        identity.client_address, target, status)
+        registry.get(USAGE_KEY), request, response, identity.username, identity.token_id,
+        identity.client_address, target)
 
 
 def _explained(

@@ -62,6 +62,7 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     if not xom.is_replica() and not xom.config.requests_only:
         # expired minted tokens go without anyone asking
         xom.thread_pool.register(MintedTokenPurger(xom, store))
+    server_usage.register_usage_key(xom.keyfs)
     recorder = usage_recorder(xom, store)
     if recorder is not None:
         pyramid_config.registry[USAGE_KEY] = recorder

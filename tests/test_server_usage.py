@@ -22,13 +22,17 @@ from hypothesis import strategies as st
 from devpi_tokens import server_hooks
 from devpi_tokens.restrictions import ProjectNames
 from devpi_tokens.server_enforce import USAGE_KEY
-from devpi_tokens.server_usage import USAGE_FIELD
+from devpi_tokens.server_usage import MAX_REPORT_BYTES
+from devpi_tokens.server_usage import REPORT_CHUNK_BYTES
 from devpi_tokens.server_usage import BadReport
+from devpi_tokens.server_usage import ReportRefused
 from devpi_tokens.server_usage import Use
 from devpi_tokens.server_usage import UsageRecorder
+from devpi_tokens.server_usage import _report_chunks
 from devpi_tokens.server_usage import merged
 from devpi_tokens.server_usage import parse_report
-from devpi_tokens.server_usage import parse_usage
+from devpi_tokens.server_usage import bucket_of
+from devpi_tokens.server_usage import stored_uses
 from devpi_tokens.tokens import Token
 
 pytestmark = [pytest.mark.notransaction]
@@ -44,7 +48,7 @@ def recorder(srv) -> UsageRecorder:
 def stored_usage(srv, user: str) -> dict[str, Use]:
     """What keyfs holds for the user (not what is still in memory)."""
     with srv.xom.keyfs.read_transaction():
-        return parse_usage(srv.store.user_record(user).get(USAGE_FIELD))
+        return stored_uses(srv.xom.keyfs, user, srv.store.token_ids(user))
 
 
 def serial(srv) -> int:
@@ -55,6 +59,11 @@ def changed_keys(srv, at: int) -> set[str]:
     """The keys one keyfs serial changed (devpi's own changelog)."""
     with srv.xom.keyfs.read_transaction() as tx:
         return set(tx.conn.get_changes(at))
+
+
+def used_key(user: str, token: str) -> str:
+    """The keyfs key holding a token's uses."""
+    return f"+devpi-tokens/used/{user}/{bucket_of(token_id(token))}"
 
 
 def token_id(token: str) -> str:
@@ -119,7 +128,8 @@ def test_a_write_changes_only_users_with_new_uses(srv):
     for user, token in (("alice", alice_token), ("bob", bob_token)):
         srv.app.get(f"/{user}/dev/+simple/", headers=bearer(token))
     recorder(srv).flush()
-    assert changed_keys(srv, serial(srv)) == {"alice/.config", "bob/.config"}
+    assert changed_keys(srv, serial(srv)) == {
+        used_key("alice", alice_token), used_key("bob", bob_token)}
     # a use like the stored one (same second, same request) changes nothing
     srv.app.get("/alice/dev/+simple/", headers=bearer(alice_token))
     srv.app.get("/bob/dev/+simple/", headers=bearer(bob_token))
@@ -128,7 +138,7 @@ def test_a_write_changes_only_users_with_new_uses(srv):
     assert serial(srv) == before
     srv.app.get("/+api", headers=bearer(alice_token))
     assert recorder(srv).flush() == 1
-    assert changed_keys(srv, serial(srv)) == {"alice/.config"}
+    assert changed_keys(srv, serial(srv)) == {used_key("alice", alice_token)}
 
 
 def test_refused_requests_are_not_uses(alice):
@@ -209,7 +219,7 @@ def test_a_failed_write_keeps_the_uses(alice, monkeypatch, caplog):
     monkeypatch.setattr(rec, "_write", broken)
     caplog.set_level(logging.WARNING)
     assert rec.flush() == 0
-    assert "recording token usage failed (OSError)" in caplog.text
+    assert "writing token usage failed (OSError)" in caplog.text
     monkeypatch.undo()
     assert rec.flush() == 1
     assert stored_usage(alice, "alice")[token_id(token)].client == "192.0.2.7"
@@ -219,14 +229,28 @@ def test_the_newest_use_wins_across_writes(alice):
     token = alice.create_token("alice")
     tid = token_id(token)
     rec = recorder(alice)
-    rec.record("alice", tid, Use(2_000_000_000, "192.0.2.1", "read alice/dev"))
+    now = int(time.time())
+    rec.record("alice", tid, Use(now - 100, "192.0.2.1", "read alice/dev"))
     rec.flush()
     # an older use reported late (a replica's) does not replace it
-    rec.add({"alice": {tid: Use(1_900_000_000, "192.0.2.2", "read alice/dev")}})
+    rec.add({"alice": {tid: Use(now - 200, "192.0.2.2", "read alice/dev")}})
     before = serial(alice)
     rec.flush()
     assert serial(alice) == before
     assert stored_usage(alice, "alice")[tid].client == "192.0.2.1"
+
+
+def test_a_stored_use_from_the_future_does_not_hide_later_ones(alice):
+    """A clock that jumped ahead once must not freeze a token's last use."""
+    token = alice.create_token("alice")
+    tid = token_id(token)
+    rec = recorder(alice)
+    rec.record("alice", tid, Use(int(time.time()) + 10 * 86400, "192.0.2.1", "read x"))
+    rec.flush()
+    alice.app.get("/alice/dev/+simple/", headers=bearer(token), extra_environ=CLIENT)
+    assert rec.flush() == 1
+    use = stored_usage(alice, "alice")[tid]
+    assert (use.client, use.purpose) == ("192.0.2.7", "read alice/dev")
 
 
 def test_client_text_in_a_use_is_bounded(alice):
@@ -313,9 +337,10 @@ def start(makexom, maketestapp, tmp_path, cheap_password_hashing, secretfile):
     return start
 
 
-def test_a_negative_interval_stops_the_server(start):
+@pytest.mark.parametrize("value", ["-1", "86401", "9999999999"])
+def test_an_interval_out_of_range_stops_the_server(start, value):
     with pytest.raises(SystemExit, match="--tokens-usage-interval must be a number of seconds"):
-        start("--tokens-usage-interval=-1")
+        start(f"--tokens-usage-interval={value}")
 
 
 def test_interval_zero_records_nothing_but_lists_what_was_stored(start):
@@ -369,8 +394,75 @@ def test_ten_thousand_busy_tokens_make_one_write(alice):
     assert serial(alice) == before
     assert recorder(alice).flush() == 10_000
     assert serial(alice) == before + 1
-    assert changed_keys(alice, before + 1) == {"alice/.config"}
+    # only usage buckets: never the user record (keyfs keeps every value)
+    changed = changed_keys(alice, before + 1)
+    assert changed == {f"+devpi-tokens/used/alice/{b:02x}" for b in range(256)}
     stored = stored_usage(alice, "alice")
     assert len(stored) == 10_000
     assert stored[tokens[-1].token_id].client == "10.0.39.15"
     assert {use.purpose for use in stored.values()} == {"read /+api"}
+
+
+# ---------------------------------------------------------------------------
+# found by review: redirects, bad names, chunks, the listing during a write
+
+def test_a_redirect_is_not_a_use(alice):
+    token = alice.create_token("alice")
+    # devpi redirects a simple page to the normalized project name before it
+    # looks for the index: the client's text must not become a "use"
+    r = alice.app.get("/alice/nosuch/+simple/Evil%1B%5B2J/", headers=bearer(token),
+                      expect_errors=True)
+    # devpi's test app follows the redirect, which ends in a 404
+    assert r.status_code == 404, r.status_code
+    assert recorder(alice).unwritten("alice") == {}
+    r = alice.app.get("/alice/dev/+simple/", headers=bearer(token))
+    assert r.status_code == 200
+    assert set(recorder(alice).unwritten("alice")) == {token_id(token)}
+
+
+@pytest.mark.parametrize("user", ["a/b", "alice/", "", "x" * 300, 7])
+def test_reports_with_impossible_user_names_are_refused(user):
+    with pytest.raises(BadReport, match="each use must be"):
+        parse_report([[user, "abc", 1, None, "x"]], 10)
+
+
+def test_an_impossible_user_name_does_not_block_other_writes(alice):
+    token = alice.create_token("alice")
+    rec = recorder(alice)
+    rec.add({"a/b": {"abc": Use(1, None, "x")}, "": {"abc": Use(1, None, "x")}})
+    alice.app.get("/alice/dev/+simple/", headers=bearer(token), extra_environ=CLIENT)
+    assert rec.flush() == 1
+    assert set(stored_usage(alice, "alice")) == {token_id(token)}
+    # nothing is left to retry forever
+    assert rec.flush() == 0
+
+
+def test_the_listing_keeps_showing_a_use_while_storage_catches_up(alice):
+    token = alice.create_token("alice")
+    rec = recorder(alice)
+    alice.app.get("/alice/dev/+simple/", headers=bearer(token), extra_environ=CLIENT)
+    rec.flush()
+    # a listing whose read transaction began before the write still finds it
+    assert rec.unwritten("alice")[token_id(token)].client == "192.0.2.7"
+
+
+def test_report_chunks_stay_under_the_primarys_limit():
+    purpose = "read \u00e9\u00e9" * 25  # non-ASCII: JSON makes each 6 bytes
+    uses = {"alice": {f"{n:010x}": Use(1, "2001:db8::1", purpose) for n in range(3000)}}
+    chunks = list(_report_chunks(uses))
+    assert len(chunks) > 1
+    sent = 0
+    for rows, part in chunks:
+        body = json.dumps(rows, separators=(",", ":"))
+        assert len(body.encode()) <= REPORT_CHUNK_BYTES < MAX_REPORT_BYTES
+        assert parse_report(json.loads(body), 10) == {
+            "alice": {k: v._replace(at=1) for k, v in part["alice"].items()}}
+        sent += len(rows)
+    assert sent == 3000
+
+
+@pytest.mark.parametrize(("status", "kept"), [
+    (-1, True), (500, True), (503, True), (429, True), (408, True),
+    (400, False), (403, False), (413, False)])
+def test_what_a_replica_sends_again(status, kept):
+    assert ReportRefused(status).kept is kept
