@@ -52,7 +52,7 @@ class Target:
     indexes: tuple[str, ...]
     unreadable: str | None = None
     #: what a POST to an index does: its form's ``:action`` ("file_upload",
-    #: "doc_upload", "register", ...) or "push"; None otherwise
+    #: "doc_upload", "submit") or "push"; None otherwise
     action: str | None = None
 
 
