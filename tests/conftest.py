@@ -148,6 +148,23 @@ class TokenServer:
 
 
 @pytest.fixture
+def start(makexom, maketestapp, tmp_path, cheap_password_hashing, secretfile):
+    """Start a devpi-server (in process) on one serverdir, with the options given.
+
+    Each call starts it afresh on the same serverdir and secret: a restart.
+    """
+    serverdir = tmp_path / "server"
+
+    def start(*options: str) -> TokenServer:
+        xom = makexom(
+            ["--serverdir", serverdir, "--secretfile", secretfile, *options],
+            plugins=[server_hooks])
+        return TokenServer(maketestapp(xom))
+
+    return start
+
+
+@pytest.fixture
 def srv(testapp) -> TokenServer:
     return TokenServer(testapp)
 

@@ -12,14 +12,12 @@ import logging
 import time
 
 import pytest
-from conftest import TokenServer
 from conftest import basic
 from conftest import bearer
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from devpi_tokens import server_hooks
 from devpi_tokens.restrictions import ProjectNames
 from devpi_tokens.server_enforce import USAGE_KEY
 from devpi_tokens.server_usage import MAX_REPORT_BYTES
@@ -322,19 +320,6 @@ def test_merged_keeps_the_newest_use_of_existing_tokens(stored, new, ids):
 
 # ---------------------------------------------------------------------------
 # the option
-
-@pytest.fixture
-def start(makexom, maketestapp, tmp_path, cheap_password_hashing, secretfile):
-    """Start a devpi-server (in process) on one serverdir, with the options given."""
-    serverdir = tmp_path / "server"
-
-    def start(*options: str) -> TokenServer:
-        xom = makexom(
-            ["--serverdir", serverdir, "--secretfile", secretfile, *options],
-            plugins=[server_hooks])
-        return TokenServer(maketestapp(xom))
-
-    return start
 
 
 @pytest.mark.parametrize("value", ["-1", "86401", "9999999999"])

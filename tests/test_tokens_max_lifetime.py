@@ -7,7 +7,6 @@ import pytest
 from conftest import TokenServer
 from conftest import bearer
 
-from devpi_tokens import server_hooks
 from devpi_tokens.restrictions import ProjectNames
 from devpi_tokens.server_limits import LimitError
 from devpi_tokens.server_limits import MaxLifetime
@@ -20,19 +19,6 @@ pytestmark = [pytest.mark.notransaction]
 DAY = 86400
 LIMIT_30D = "tokens may live at most 30d on this server (--tokens-max-lifetime)"
 
-
-@pytest.fixture
-def start(makexom, maketestapp, tmp_path, cheap_password_hashing, secretfile):
-    """Start a devpi-server (in process) on one serverdir, with the options given."""
-    serverdir = tmp_path / "server"
-
-    def start(*options: str) -> TokenServer:
-        xom = makexom(
-            ["--serverdir", serverdir, "--secretfile", secretfile, *options],
-            plugins=[server_hooks])
-        return TokenServer(maketestapp(xom))
-
-    return start
 
 
 @pytest.fixture
