@@ -85,6 +85,9 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     pyramid_config.add_subscriber(server_enforce.refuse_unreadable_body, ContextFound)
     # replicas only: refusals for a replica that cannot verify or forward
     server_replica.configure(pyramid_config, xom)
+    if recorder is not None:
+        # last: SIGTERM becomes a clean stop that writes the recorded uses
+        server_usage.install_sigterm_handler(xom)
 
 
 def max_lifetime(xom: Any) -> MaxLifetime | None:
@@ -109,10 +112,8 @@ def usage_recorder(xom: Any, store: TokenStore) -> UsageRecorder | None:
 @hookimpl
 def devpiserver_cmdline_run(xom: Any) -> None:
     # runs in the main thread of a real devpi-server process before it
-    # serves (tests that build a server in-process never call it): SIGTERM
-    # becomes a clean stop, so recorded uses are written
-    if getattr(xom.config.args, "tokens_usage_interval", 0):
-        server_usage.install_sigterm_handler()
+    # serves (tests that build a server in-process never call it)
+    server_usage.want_sigterm_handler(xom)
 
 
 def oidc_state(xom: Any) -> OIDCState:

@@ -639,9 +639,23 @@ _serving = threading.Event()
 _stopping = threading.Event()
 
 
+def _starting_threads(frame: Any) -> bool:
+    """Whether the main thread is still starting the pool's threads.
+
+    devpi-server's pool turns KeyboardInterrupt into a clean stop only in its
+    wait loop; while it starts its threads it would escape as a traceback.
+    """
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in ("start", "start_one") and code.co_filename.endswith("mythread.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
-    if not _serving.is_set():
-        # still starting: end the way SIGTERM always ended devpi-server
+    if not _serving.is_set() or _starting_threads(frame):
+        # not serving yet: end the way SIGTERM always ended devpi-server
         _end_by_sigterm()
     if _stopping.is_set():
         # already stopping: let the shutdown (our last write) finish
@@ -666,12 +680,26 @@ def _end_by_sigterm() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def install_sigterm_handler() -> bool:
-    """Make SIGTERM a clean stop, unless someone else handles SIGTERM already.
+#: Attribute of devpi-server's XOM set when its process serves (see below).
+SIGTERM_WANTED = "devpi_tokens_sigterm_wanted"
 
-    Called from ``devpiserver_cmdline_run``, in the main thread of a real
-    devpi-server process (never in tests that build a server in-process).
+
+def want_sigterm_handler(xom: Any) -> None:
+    """Note that this XOM runs a real devpi-server process (``devpiserver_cmdline_run``).
+
+    The handler itself is installed at the end of the plugin's configuration
+    (:func:`install_sigterm_handler`): until then SIGTERM ends the process at
+    once, as always, even during the slow key derivations of startup (a
+    Python handler would only run after them).  Tests that build a server
+    in-process never run ``devpiserver_cmdline_run``, so never get one.
     """
+    setattr(xom, SIGTERM_WANTED, True)
+
+
+def install_sigterm_handler(xom: Any) -> bool:
+    """Make SIGTERM a clean stop, unless someone else handles SIGTERM already."""
+    if not getattr(xom, SIGTERM_WANTED, False):
+        return False
     if threading.current_thread() is not threading.main_thread():
         return False
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:

@@ -12,7 +12,12 @@ second process:
   request, and every use is stored;
 - a replica reports its uses to its primary, keeps them while the primary
   is down and delivers them once it is back; they replicate back;
-- the real ``devpi token-list`` prints the ``used`` line.
+- the real ``devpi token-list`` prints the ``used`` line;
+- a replica stopped while its primary is down saves its unsent uses to a
+  file and delivers them after its next start;
+- an upload relayed by a replica is the primary's use to record;
+- SIGTERM while devpi-server starts ends it by SIGTERM, without a traceback;
+- redirects and refusals (3xx, 404, 403, 401) are not uses.
 
 Every server binds 127.0.0.1 on a free port, is stopped by its PID, and is
 restarted on the same serverdir and secret file.  What devpi stored is read
@@ -27,12 +32,15 @@ from pathlib import Path
 from typing import Any
 import base64
 import http.client
+import json
 import math
 import os
 import re
 import signal
 import socket
+import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -40,6 +48,9 @@ import uuid
 import pytest
 
 from devpi_process import DevpiClient
+from devpi_process import bin_path
+from devpi_process import free_port
+from devpi_process import init_server
 from devpi_process import ServerProcess
 from devpi_process import start_server
 from devpi_process import write_secret
@@ -523,6 +534,304 @@ def test_devpi_token_list_shows_the_last_use(tmp_path):
         assert line.startswith("    used     ")
         assert line.endswith(f" from {CLIENT}: upload pkg to alice/dev"), line
         assert used_line(output, other_id) == "    used     never"
+    finally:
+        server.stop()
+    check_log(server)
+
+
+# ---------------------------------------------------------------------------
+# a replica's uses survive a clean stop while its primary is down
+
+def start_replica(base: Path, primary: ServerProcess, interval: int) -> ServerProcess:
+    """(Re)start the replica of :func:`start_cluster` on its serverdir and secret."""
+    return start(
+        base / "replica", interval, "--primary-url", primary.url,
+        secretfile=base / "shared.secret", offline=False,
+        init_args=["--role", "replica", "--primary-url", primary.url])
+
+
+#: what ``ServerProcess.stop`` waits before it kills
+STOP_TIMEOUT = 15
+
+
+def test_replica_saves_unsent_uses_at_a_clean_stop(tmp_path):
+    secret = write_secret(tmp_path / "shared.secret")
+    primary = start(tmp_path / "primary", INTERVAL, "--role", "primary", secretfile=secret)
+    replica = None
+    try:
+        alice = setup_alice(primary)
+        # only a stop sends the replica's uses: nothing is sent before the primary goes
+        replica = start_replica(tmp_path, primary, LONG)
+        token_id, token = create_token(alice, "kept")
+        wait_until(caught_up(primary, replica), "the token replicated", servers=(replica,))
+        on_replica = Devpi(replica.url, "alice", PASSWORD)
+        client = other_loopback()
+
+        primary.stop()
+        began = int(time.time())
+        assert read_index_from(client, replica.url, bearer(token)) == 200
+        ended = int(time.time())
+        at, seen_from, purpose = last_use(on_replica, token_id)
+        assert began <= at <= ended
+        assert (seen_from, purpose) == (client, READ)
+
+        # a clean stop: the report fails (no primary), the use goes to a file
+        stopped = time.monotonic()
+        os.kill(replica.pid, signal.SIGTERM)
+        returncode = replica.popen.wait(STOP_TIMEOUT)
+        took = time.monotonic() - stopped
+        assert returncode == -signal.SIGTERM, returncode
+        saved = replica.serverdir / ".devpi-tokens-unwritten-uses.json"
+        assert saved.exists(), replica.log()[-3000:]
+        assert saved.stat().st_mode & 0o777 == 0o600, oct(saved.stat().st_mode)
+        text = saved.read_text()
+        assert token not in text
+        assert token[-24:] not in text
+        assert json.loads(text) == [["alice", token_id, at, client, READ]]
+        assert not saved.with_name(saved.name + ".tmp").exists()
+        assert "1 token use(s) could not be recorded at shutdown" in replica.log()
+        assert not plugin_tracebacks(replica.log())
+        print(f"\nreplica stopped in {took:.1f}s with its primary down")
+
+        # the primary never saw the use ...
+        primary = restart_primary(primary)
+        alice = Devpi(primary.url, "alice", PASSWORD)
+        assert last_use(alice, token_id) == (None, None, None)
+        # ... until the replica, started again, takes up the file and sends it
+        replica = start_replica(tmp_path, primary, INTERVAL)
+        wait_until(lambda: not saved.exists(), "the saved uses taken up",
+                   servers=(primary, replica))
+        took = wait_until(is_used(alice, token_id), "the saved use delivered",
+                          servers=(primary, replica))
+        assert last_use(alice, token_id) == (at, client, READ)
+        on_replica = Devpi(replica.url, "alice", PASSWORD)
+        wait_until(lambda: last_use(on_replica, token_id) == (at, client, READ),
+                   "the use replicated back", servers=(primary, replica))
+        print(f"saved use listed on the primary {took:.1f}s after the replica's restart")
+        # taken once: not saved again by the restarted replica
+        assert not saved.exists()
+    finally:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+    assert replica.popen.returncode == -signal.SIGTERM, replica.popen.returncode
+    assert not saved.exists()
+    assert not plugin_tracebacks(replica.log())
+    check_log(primary)
+
+
+# ---------------------------------------------------------------------------
+# a write the replica relays is the primary's to record
+
+def upload_status(url: str, token: str, name: str) -> int:
+    """:func:`upload`, with an HTTP error as its status."""
+    try:
+        return upload(url, token, name)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code
+
+
+def upload_from(source: str, url: str, token: str, name: str) -> int:
+    """:func:`upload`'s form post, from the client address ``source``."""
+    boundary = uuid.uuid4().hex
+    body = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'
+        for key, value in [(":action", "file_upload"), ("name", name), ("version", "1.0")])
+    body += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="content"; '
+        f'filename="{name}-1.0.tar.gz"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        f"not really an sdist\r\n--{boundary}--\r\n")
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(
+        parts.hostname, parts.port, timeout=60, source_address=(source, 0))
+    try:
+        conn.request("POST", "/alice/dev/", body=body.encode(), headers={
+            **bearer(token), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_a_relayed_upload_is_recorded_by_the_primary(tmp_path):
+    primary, replica, alice = start_cluster(tmp_path)
+    try:
+        token_id, token = create_token(alice, "relay")
+        wait_until(caught_up(primary, replica), "initial replication", servers=(replica,))
+        on_replica = Devpi(replica.url, "alice", PASSWORD)
+        # the replica's account would name this client; the primary's names
+        # the replica (127.0.0.1), the client it saw (README: "usually the
+        # replica's")
+        client = other_loopback()
+        mark = len(primary.log())
+        began = int(time.time())
+        assert upload_from(client, replica.url, token, "relayed") == 200
+        ended = int(time.time())
+        expected_for = "upload relayed to alice/dev"
+        # the primary answered the relayed request: it read the body
+        assert "POST /alice/dev/" in primary.log()[mark:]
+        wait_until(is_used(alice, token_id), "the relayed upload listed on the primary",
+                   servers=(primary, replica))
+        at, seen_from, purpose = last_use(alice, token_id)
+        assert began <= at <= ended
+        assert (seen_from, purpose) == (CLIENT, expected_for), (seen_from, purpose)
+        # the replica recorded nothing of its own ("post to alice/dev"): it
+        # reports nothing, and nothing replaces the primary's account
+        time.sleep(3 * INTERVAL + 1)
+        assert "POST /_/tokens/usage" not in primary.log()[mark:]
+        assert last_use(alice, token_id) == (at, CLIENT, expected_for)
+        wait_until(lambda: caught_up(primary, replica)()
+                   and last_use(on_replica, token_id) == (at, CLIENT, expected_for),
+                   "the replica's listing agrees", servers=(primary, replica))
+    finally:
+        replica.stop()
+        primary.stop()
+    assert replica.popen.returncode == -signal.SIGTERM, replica.popen.returncode
+    assert "relaying: POST" in replica.log()
+    assert not plugin_tracebacks(replica.log())
+    check_log(primary)
+
+
+# ---------------------------------------------------------------------------
+# SIGTERM while devpi-server starts
+
+#: (id, log line to wait for or None, seconds after it, devpi's own argon2 options)
+#: With devpi's default argon2 options each key derivation (devpi's own, then
+#: devpi-tokens' warm-up) takes seconds: a window no delay can miss.  "running
+#: with role" is the first line of create_app, which runs after
+#: devpiserver_cmdline_run installed the plugin's SIGTERM handler.
+STARTING = [
+    pytest.param(None, 0.2, False, id="importing"),
+    pytest.param("running with role", 0.0, False, id="devpi-key-derivation"),
+    pytest.param("Using secret file", 1.0, False, id="devpi-key-derivation-later"),
+    pytest.param("Found plugin devpi-tokens", 0.3, False, id="devpi-tokens-warm-up"),
+    # low argon2 options: the window between the handler and the thread pool
+    # is tens of milliseconds; these may land in it or after it (a clean
+    # stop), either must end by SIGTERM without a traceback
+    pytest.param("running with role", 0.0, True, id="fast-start-0ms"),
+    pytest.param("running with role", 0.02, True, id="fast-start-20ms"),
+    pytest.param("running with role", 0.06, True, id="fast-start-60ms"),
+]
+
+
+@pytest.mark.parametrize(("line", "delay", "fast"), STARTING)
+def test_sigterm_while_starting_ends_the_process_as_before(tmp_path, line, delay, fast):
+    serverdir = tmp_path / "server"
+    init_server(serverdir)
+    secret = write_secret(tmp_path / "server.secret")
+    port = free_port()
+    args = [bin_path("devpi-server"), "--serverdir", str(serverdir),
+            "--host", "127.0.0.1", "--port", str(port), "--secretfile", str(secret),
+            "--offline-mode", "--tokens-usage-interval", "60", *(ARGON2 if fast else ())]
+    logfile = tmp_path / "server.log"
+    with open(logfile, "wb") as out:
+        popen = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        begin = time.monotonic()
+        if line is not None:
+            while line not in logfile.read_text(errors="replace"):
+                assert popen.poll() is None, logfile.read_text(errors="replace")
+                assert time.monotonic() - begin < 180, f"no {line!r} line"
+                time.sleep(0.005)
+        time.sleep(delay)
+        at_kill = logfile.read_text(errors="replace")
+        os.kill(popen.pid, signal.SIGTERM)
+        sent = time.monotonic()
+        # the plugin's handler runs when the main thread next runs Python
+        # code: after an argon2 derivation in progress (seconds with devpi's
+        # defaults on a loaded machine)
+        returncode = popen.wait(180)
+        took = time.monotonic() - sent
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait(30)
+    log = logfile.read_text(errors="replace")
+    last = at_kill.strip().splitlines()[-1:] or ["(nothing logged yet)"]
+    print(f"\nSIGTERM after {sent - begin:.2f}s, at {last[0][:100]!r}: ended after "
+          f"{took:.2f}s, serving: {'Serving on' in log}")
+    assert returncode == -signal.SIGTERM, (returncode, log[-3000:])
+    assert "Traceback" not in log, log[-4000:]
+    if not fast:
+        # the window was hit: it never served, and no clean stop ran
+        assert "Serving on" not in log, log[-3000:]
+        assert "at shutdown" not in log
+
+
+# ---------------------------------------------------------------------------
+# only answered successes are uses
+
+def test_redirects_and_refusals_are_not_uses(tmp_path):
+    serverdir = tmp_path / "server"
+    server = start(serverdir, LONG)
+    try:
+        alice = setup_alice(server)
+        tokens = {}
+        for name, body in [
+            ("redirect", {}), ("missing", {}), ("forbidden", {"projects": ["pkg"]}),
+            ("expired", {"expires": int(time.time()) + 2}), ("control", {}),
+        ]:
+            answer = alice.create_token(description=name, **body)
+            assert answer.status == 201, answer
+            tokens[name] = (answer.result["id"], answer.result["token"])
+        expires = int(time.time()) + 2
+
+        # devpi redirects a project name to its normalized form (not followed here)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        try:
+            conn.request("GET", "/alice/dev/+simple/Foo_Bar/",
+                         headers=bearer(tokens["redirect"][1]))
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+        assert 300 <= response.status < 400, response.status
+        assert response.getheader("Location", "").endswith("/alice/dev/+simple/foo-bar/")
+        # devpi: no such project
+        answer = call(f"{server.url}/alice/dev/+simple/nosuchproject/",
+                      headers=bearer(tokens["missing"][1]))
+        assert answer.status == 404, answer
+        # the token's restriction: 403
+        assert upload_status(server.url, tokens["forbidden"][1], "other") == 403
+        # a token past its expiry: 401
+        while time.time() < expires + 1:
+            time.sleep(0.2)
+        assert read_index(server.url, bearer(tokens["expired"][1])) == 401
+        # the counterfactual: a success is a use
+        began = int(time.time())
+        assert read_index(server.url, bearer(tokens["control"][1])) == 200
+        ended = int(time.time())
+
+        def listed() -> dict[str, tuple[Any, Any, Any]]:
+            return {name: last_use(alice, token_id) for name, (token_id, _) in tokens.items()}
+
+        # from memory ...
+        now = listed()
+        at = now["control"][0]
+        assert began <= at <= ended
+        assert now == {
+            "redirect": (None, None, None), "missing": (None, None, None),
+            "forbidden": (None, None, None), "expired": (None, None, None),
+            "control": (at, CLIENT, READ)}
+        os.kill(server.pid, signal.SIGTERM)
+        assert server.popen.wait(STOP_TIMEOUT) == -signal.SIGTERM
+    finally:
+        server.stop()
+    check_log(server)
+    # one use pending at the stop: the refusals and the redirect never were
+    assert "recorded the last 1 token use(s) at shutdown" in server.log()
+
+    # ... and from storage
+    server = start(serverdir, LONG)
+    try:
+        alice = Devpi(server.url, "alice", PASSWORD)
+        assert listed() == {
+            "redirect": (None, None, None), "missing": (None, None, None),
+            "forbidden": (None, None, None), "expired": (None, None, None),
+            "control": (at, CLIENT, READ)}
     finally:
         server.stop()
     check_log(server)
