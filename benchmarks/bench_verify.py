@@ -961,11 +961,13 @@ def record_cost(samples: int) -> dict[str, float]:
 
     recorder = UsageRecorder(xom=None, store=None, interval=60)  # type: ignore[arg-type]
     request: Any = SimpleNamespace(method="GET", path_info="/+api")
+    response: Any = SimpleNamespace(status_code=200, headers={})
     target = Target(project=None, indexes=())
     ids = [new_token_id() for _ in range(USAGE_TOKENS)]
 
     def record(i: int) -> None:
-        record_request(recorder, request, USER, ids[i % USAGE_TOKENS], "127.0.0.1", target, 200)
+        record_request(
+            recorder, request, response, USER, ids[i % USAGE_TOKENS], "127.0.0.1", target)
 
     return stats_us(time_each(record, list(range(samples))))
 
