@@ -27,6 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -111,6 +112,22 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def upload_form(name: str, version: str = "1.0") -> tuple[bytes, str]:
+    """A minimal ``file_upload`` form (what ``devpi upload`` and twine send):
+    the body and its Content-Type."""
+    boundary = uuid.uuid4().hex
+    fields = [(":action", "file_upload"), ("name", name), ("version", version)]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+        for key, value in fields]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="content"; '
+        f'filename="{name}-{version}.tar.gz"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        .encode() + b"not really an sdist\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def get_json(url: str, timeout: float = 5, headers: dict | None = None) -> dict:

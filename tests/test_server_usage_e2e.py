@@ -43,11 +43,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 
 import pytest
 
 from devpi_process import DevpiClient
+from devpi_process import upload_form
 from devpi_process import bin_path
 from devpi_process import free_port
 from devpi_process import init_server
@@ -144,19 +144,10 @@ def read_index_from(source: str, url: str, headers: dict[str, str]) -> int:
 
 def upload(url: str, token: str, name: str, version: str = "1.0") -> int:
     """A minimal ``file_upload`` form post to alice/dev (what twine sends)."""
-    boundary = uuid.uuid4().hex
-    fields = [(":action", "file_upload"), ("name", name), ("version", version)]
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
-        for key, value in fields]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="content"; '
-        f'filename="{name}-{version}.tar.gz"\r\nContent-Type: application/octet-stream\r\n\r\n'
-        .encode() + b"not really an sdist\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
+    body, content_type = upload_form(name, version)
     request = urllib.request.Request(
-        f"{url}/alice/dev/", data=b"".join(parts), method="POST", headers={
-            **bearer(token), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        f"{url}/alice/dev/", data=body, method="POST", headers={
+            **bearer(token), "Content-Type": content_type})
     with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
         return response.status
 
@@ -634,20 +625,13 @@ def upload_status(url: str, token: str, name: str) -> int:
 
 def upload_from(source: str, url: str, token: str, name: str) -> int:
     """:func:`upload`'s form post, from the client address ``source``."""
-    boundary = uuid.uuid4().hex
-    body = "".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'
-        for key, value in [(":action", "file_upload"), ("name", name), ("version", "1.0")])
-    body += (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="content"; '
-        f'filename="{name}-1.0.tar.gz"\r\nContent-Type: application/octet-stream\r\n\r\n'
-        f"not really an sdist\r\n--{boundary}--\r\n")
+    body, content_type = upload_form(name)
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(
         parts.hostname, parts.port, timeout=60, source_address=(source, 0))
     try:
-        conn.request("POST", "/alice/dev/", body=body.encode(), headers={
-            **bearer(token), "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        conn.request("POST", "/alice/dev/", body=body, headers={
+            **bearer(token), "Content-Type": content_type})
         response = conn.getresponse()
         response.read()
         return response.status
