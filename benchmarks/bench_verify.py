@@ -959,7 +959,8 @@ def record_cost(samples: int) -> dict[str, float]:
     from devpi_tokens.server_usage import UsageRecorder
     from devpi_tokens.server_usage import record_request
 
-    recorder = UsageRecorder(xom=None, store=None, interval=60)  # type: ignore[arg-type]
+    primary: Any = SimpleNamespace(is_replica=lambda: False)
+    recorder = UsageRecorder(xom=primary, store=None, interval=60)  # type: ignore[arg-type]
     request: Any = SimpleNamespace(method="GET", path_info="/+api")
     response: Any = SimpleNamespace(status_code=200, headers={})
     target = Target(project=None, indexes=())

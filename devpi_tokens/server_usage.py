@@ -299,6 +299,8 @@ class UsageRecorder:
         self.xom = xom
         self.store = store
         self.interval = interval
+        #: a replica sends its uses to its primary instead of writing them
+        self.on_replica = bool(xom.is_replica())
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._pending: Uses = {}
@@ -364,7 +366,7 @@ class UsageRecorder:
             if not batch:
                 return 0
             try:
-                if self.xom.is_replica():
+                if self.on_replica:
                     count = self._send(batch, timeout)
                 else:
                     count = self._write(batch)
@@ -613,13 +615,14 @@ def interval_from_xom(xom: Any) -> int:
     return value
 
 
-def is_use(request: Request, response: Response) -> bool:
+def is_use(recorder: UsageRecorder, response: Response) -> bool:
     """Whether a token request's answer makes it a use of the token."""
     status = response.status_code
     if not (200 <= status < 300 or status == 304):
         return False
-    # a write a replica relayed: the primary saw it and records it
-    return RELAYED_HEADER not in response.headers
+    # a write a replica relayed: the primary saw it and records it (header
+    # lookups are not free: only a replica looks)
+    return not (recorder.on_replica and RELAYED_HEADER in response.headers)
 
 
 def record_request(
@@ -627,7 +630,7 @@ def record_request(
     user: str, token_id: str, client: str | None, target: Target,
 ) -> None:
     """Record a token request as a use when devpi answered it with success."""
-    if recorder is None or not is_use(request, response):
+    if recorder is None or not is_use(recorder, response):
         return
     recorder.record(user, token_id, Use(
         int(time.time()), client,
