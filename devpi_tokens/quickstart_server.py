@@ -161,7 +161,7 @@ class DemoDir:
 
     def init_server(self, root_password: str) -> None:
         args = [tool("devpi-init"), "--serverdir", str(self.serverdir),
-                "--root-passwd", root_password]
+                f"--root-passwd={root_password}"]  # one word: it may start with "-"
         proc = subprocess.run(args, capture_output=True, text=True)
         if proc.returncode != 0:
             raise QuickstartError(
