@@ -980,25 +980,25 @@ def record_ab_in_process(pairs: int) -> dict[str, Any]:
     the registry for the "off" requests, so both kinds run in the same
     process, alternating request by request.  CPU time of the thread.
     """
-    from devpi_tokens.server_enforce import USAGE_KEY
+    from devpi_tokens.server_enforce import RECORDER_KEY
 
     workdir = Path(tempfile.mkdtemp(prefix="devpi-tokens-bench-"))
     srv = InProcessServer(workdir)
     try:
         tokens, _ = srv.add_tokens(USAGE_TOKENS, USAGE_TOKENS, int(time.time()))
         registry = srv.app.app.app.registry
-        recorder = registry[USAGE_KEY]
+        recorder = registry[RECORDER_KEY]
         samples: dict[str, list[int]] = {"on": [], "off": []}
         clock = time.thread_time_ns
         gc.collect()
         for i in range(-USAGE_TOKENS, pairs):  # the first pass uses each token once
             for state in ("on", "off") if i % 2 else ("off", "on"):
-                registry[USAGE_KEY] = recorder if state == "on" else None
+                registry[RECORDER_KEY] = recorder if state == "on" else None
                 t0 = clock()
                 srv.get(ENDPOINTS["api"], tokens[i % USAGE_TOKENS], USER)
                 if i >= 0:
                     samples[state].append(max(clock() - t0 - _OVERHEAD_NS, 0))
-        registry[USAGE_KEY] = recorder
+        registry[RECORDER_KEY] = recorder
         writes = _usage_write_costs(srv, recorder, tokens[0], WRITE_ROUNDS)
     finally:
         srv.close()

@@ -268,14 +268,16 @@ def run_server(demo: DemoDir, port: int, extra: Sequence[str]) -> int:
     for line in demo.prepare():
         print(f"[quickstart] created {line}", flush=True)
     print(f"[quickstart] $ {shlex.join(server_command(demo, port, extra))}", flush=True)
+    # its own session: a terminal's Ctrl-C reaches only us, and we stop it by
+    # PID with one signal (a second one during devpi-server's shutdown would
+    # cut short its last writes)
     proc = subprocess.Popen(
         server_command(demo, port, extra), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     pump = threading.Thread(target=pass_output, args=(proc,), daemon=True)
     pump.start()
-    # Ctrl-C may reach devpi-server too (same process group), SIGTERM and
-    # `kill -INT` only us.  Either way we stop it by PID and wait, so its
-    # storage is closed cleanly.  SIGINT gets a handler of its own too: a
+    # Ctrl-C, SIGTERM and `kill -INT` reach only us.  Either way we stop it by
+    # PID and wait, so its storage is closed cleanly.  SIGINT gets a handler of its own too: a
     # process started in the background inherits it ignored.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)

@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
 STORE_KEY = "devpi_tokens.store"
 #: Registry key of the :class:`~.server_usage.UsageRecorder` (absent: recording off).
-USAGE_KEY = "devpi_tokens.usage"
+RECORDER_KEY = "devpi_tokens.usage"
 
 #: Usernames that mean "the token's own user" in basic auth.
 ANY_USER_NAMES = frozenset({"", "__token__"})
@@ -472,12 +472,19 @@ def token_tween_factory(
 def _after(
     request: Request, identity: TokenIdentity, response: Response, registry: Registry,
 ) -> None:
-    """The audit line, and the use (when devpi answered with success)."""
-    target = identity.known_target(request)
-    audit(request, identity, target, response.status_code)
-    record_request(
-        registry.get(USAGE_KEY), request, response, identity.username, identity.token_id,
-        identity.client_address, target)
+    """The audit line, and the use (when devpi answered with success).
+
+    Inside devpi's transaction: whatever goes wrong here must not undo the
+    request (an upload already done), so it is logged, by type only.
+    """
+    try:
+        target = identity.known_target(request)
+        audit(request, identity, target, response.status_code)
+        record_request(
+            registry.get(RECORDER_KEY), request, response, identity.username,
+            identity.token_id, identity.client_address, target)
+    except Exception as exc:  # noqa: BLE001
+        log().error("devpi-tokens: audit or usage failed with %s", type(exc).__name__)
 
 
 def _explained(

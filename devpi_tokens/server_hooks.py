@@ -26,7 +26,7 @@ from .publishers import MintedTokenPurger
 from .publishers import PublisherStore
 from .publishers import register_keys
 from .server_enforce import STORE_KEY
-from .server_enforce import USAGE_KEY
+from .server_enforce import RECORDER_KEY
 from .server_limits import LimitError
 from .server_limits import MaxLifetime
 from .server_log import log
@@ -65,7 +65,7 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
     server_usage.register_usage_key(xom.keyfs)
     recorder = usage_recorder(xom, store)
     if recorder is not None:
-        pyramid_config.registry[USAGE_KEY] = recorder
+        pyramid_config.registry[RECORDER_KEY] = recorder
         # writes (or, on a replica, sends) the recorded uses every interval
         # and at shutdown
         xom.thread_pool.register(recorder)

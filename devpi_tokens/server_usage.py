@@ -42,6 +42,7 @@ primary are recorded by the primary, which reads their bodies.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -60,6 +61,7 @@ import sys
 import threading
 import time
 
+from . import server_usage_file
 from .server_log import log
 
 if TYPE_CHECKING:
@@ -103,11 +105,8 @@ FUTURE_SLACK = 300
 
 #: Longest ``last_used_for`` / ``last_used_from`` kept (client text is in them).
 MAX_TEXT = 200
-#: Longest user name and token id taken from a report.
-MAX_NAME = 256
-
-#: File in the server directory holding uses a clean stop could not write.
-UNSAVED_FILE = ".devpi-tokens-unwritten-uses.json"
+#: Longest token id taken from a report (ours have 10 characters, 1.x's 8).
+MAX_TOKEN_ID = 64
 
 #: Response header devpi-server's replica puts on writes it relayed.
 RELAYED_HEADER = "X-DEVPI-PROXY"
@@ -194,8 +193,8 @@ def bucket_of(token_id: str) -> str:
 
 
 def valid_user(user: Any) -> bool:
-    # what a keyfs key can hold as a path segment
-    return isinstance(user, str) and 0 < len(user) <= MAX_NAME and "/" not in user
+    # what a keyfs key can hold as a path segment (devpi's own names always can)
+    return isinstance(user, str) and user != "" and "/" not in user
 
 
 def _bucket_key(keyfs: KeyFS, user: str, bucket: str) -> TypedKey[dict[str, Any]]:
@@ -341,7 +340,11 @@ class UsageRecorder:
 
     def thread_run(self) -> None:
         _serving.set()
-        self.add(self._take_saved())
+        try:
+            self.add(self._take_saved())
+        except Exception as exc:  # noqa: BLE001 - never end the server
+            log().warning(
+                "devpi-tokens: saved token uses not taken up (%s)", type(exc).__name__)
         while True:
             self.thread.sleep(self.interval)  # raises at shutdown
             self.flush()
@@ -467,42 +470,14 @@ class UsageRecorder:
 
     # -- uses a clean stop could not write ---------------------------------------
 
-    def _unsaved_path(self) -> Path:
-        return Path(self.xom.config.server_path) / UNSAVED_FILE
-
     def _save(self, uses: Uses) -> None:
-        rows = _rows(uses)
-        path = self._unsaved_path()
-        try:
-            temp = path.with_name(path.name + ".tmp")
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as file:
-                json.dump(rows, file, separators=(",", ":"))
-            temp.replace(path)
-        except OSError as exc:
-            log().error(
-                "devpi-tokens: %s token use(s) could not be saved at shutdown (%s); "
-                "they are lost", len(rows), type(exc).__name__)
-            return
-        log().warning(
-            "devpi-tokens: %s token use(s) could not be recorded at shutdown; saved "
-            "for the next start", len(rows))
+        server_usage_file.save(Path(self.xom.config.server_path), _rows(uses))
 
     def _take_saved(self) -> Uses:
-        path = self._unsaved_path()
-        try:
-            text = path.read_text()
-            path.unlink()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            log().warning("devpi-tokens: saved token uses unreadable (%s)", type(exc).__name__)
-            return {}
-        try:
-            return parse_report(json.loads(text), int(time.time()))
-        except (ValueError, RecursionError, BadReport):
-            log().warning("devpi-tokens: saved token uses unreadable; dropped")
-            return {}
+        now = int(time.time())
+        saved = server_usage_file.take(
+            Path(self.xom.config.server_path), lambda rows: parse_report(rows, now)[0])
+        return _union(saved)
 
 
 class ReportRefused(Exception):
@@ -566,29 +541,37 @@ class BadReport(Exception):
     """A usage report that is not one; the message says why."""
 
 
-ROW_SHAPE = "each use must be [user, token id, time, client, for]"
-
-
-def parse_report(rows: Any, now: int) -> Uses:
-    """A replica's rows ``[user, token id, at, from, for]`` as uses.
+def parse_report(rows: Any, now: int) -> tuple[Uses, int]:
+    """A replica's rows ``[user, token id, at, from, for]`` as uses, and how
+    many rows were not uses (skipped: one odd row must not cost the others).
 
     Times in the future are taken as now (a replica's clock may run ahead).
     """
     if not isinstance(rows, list):
         raise BadReport("'uses' must be a list")
     uses: Uses = {}
+    skipped = 0
     for row in rows:
-        if not isinstance(row, list) or len(row) != 5:
-            raise BadReport(ROW_SHAPE)
-        user, token_id = row[0], row[1]
-        use = Use.load(row[2:])
-        if not valid_user(user) or use is None:
-            raise BadReport(ROW_SHAPE)
-        if not isinstance(token_id, str) or not 0 < len(token_id) <= MAX_NAME:
-            raise BadReport(ROW_SHAPE)
+        parsed = _report_row(row)
+        if parsed is None:
+            skipped += 1
+            continue
+        user, token_id, use = parsed
         per_user = uses.setdefault(user, {})
         per_user[token_id] = newest(per_user.get(token_id), use._replace(at=min(use.at, now)))
-    return uses
+    return uses, skipped
+
+
+def _report_row(row: Any) -> tuple[str, str, Use] | None:
+    if not isinstance(row, list) or len(row) != 5:
+        return None
+    user, token_id = row[0], row[1]
+    use = Use.load(row[2:])
+    if not valid_user(user) or use is None:
+        return None
+    if not isinstance(token_id, str) or not 0 < len(token_id) <= MAX_TOKEN_ID:
+        return None
+    return user, token_id, use
 
 
 # ---------------------------------------------------------------------------
@@ -656,20 +639,27 @@ def _starting_threads(frame: Any) -> bool:
     return False
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    if not _serving.is_set() or _starting_threads(frame):
-        # not serving yet: end the way SIGTERM always ended devpi-server
-        _end_by_sigterm()
-    if _stopping.is_set():
-        # already stopping: let the shutdown (our last write) finish
-        return
-    _stopping.set()
-    # after the clean stop, end the way SIGTERM always ended devpi-server,
-    # so systemd and supervisors see the same exit status as before
-    atexit.register(_end_by_sigterm)
-    # devpi-server's main thread ends its pool on KeyboardInterrupt: the
-    # same clean stop as Ctrl-C, so every thread_shutdown runs
-    raise KeyboardInterrupt
+def _sigterm_handler(pool: Any) -> Callable[[int, Any], None]:
+    """The handler, for devpi-server's thread pool ``pool``."""
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if not _serving.is_set() or _starting_threads(frame):
+            # not serving yet: end the way SIGTERM always ended devpi-server
+            _end_by_sigterm()
+            return
+        if _stopping.is_set() or pool._shutdown.is_set():
+            # already stopping (our SIGTERM before, or Ctrl-C): let the
+            # shutdown, our last write included, finish
+            return
+        _stopping.set()
+        # after the clean stop, end the way SIGTERM always ended devpi-server,
+        # so systemd and supervisors see the same exit status as before
+        atexit.register(_end_by_sigterm)
+        # devpi-server's main thread ends its pool on KeyboardInterrupt: the
+        # same clean stop as Ctrl-C, so every thread_shutdown runs
+        raise KeyboardInterrupt
+
+    return on_sigterm
 
 
 def _end_by_sigterm() -> None:
@@ -707,5 +697,5 @@ def install_sigterm_handler(xom: Any) -> bool:
         return False
     if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return False
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _sigterm_handler(xom.thread_pool))
     return True

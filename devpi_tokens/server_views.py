@@ -27,7 +27,7 @@ from .restrictions import ip_network
 from .restrictions import project_name_problem
 from .restrictions import validated
 from .server_enforce import STORE_KEY
-from .server_enforce import USAGE_KEY
+from .server_enforce import RECORDER_KEY
 from .server_enforce import TokenIdentity
 from .server_json import MAX_BODY
 from .server_json import BadBody
@@ -302,7 +302,7 @@ def token_list(request: Request) -> Response:
     username, _ = authorized
     store = get_store(request)
     tokens = store.list_tokens(username)
-    uses = last_uses(store, username, request.registry.get(USAGE_KEY))
+    uses = last_uses(store, username, request.registry.get(RECORDER_KEY))
     now = int(time.time())
     for token_id, info in tokens.items():
         # the server's clock decides; +tokens-purge removes exactly these
@@ -355,7 +355,7 @@ def usage_report(request: Request) -> Response:
         return apiresult(409, "token usage is reported to the primary, not to a replica")
     if getattr(request.identity, "username", None) != REPLICA_USER_NAME:
         return apiresult(403, "only this server's replicas may report token usage")
-    recorder = request.registry.get(USAGE_KEY)
+    recorder = request.registry.get(RECORDER_KEY)
     if recorder is None:
         # recording is off here: taken and dropped, so replicas do not retry
         return apiresult(200, "token usage recording is off on the primary",
@@ -368,13 +368,17 @@ def usage_report(request: Request) -> Response:
         if not isinstance(text, str):
             raise BadReport("the form needs a 'uses' field")
         rows = load_json_body(text.encode("utf-8"), MAX_REPORT_BYTES, 4)
-        uses = parse_report(rows, int(time.time()))
+        uses, skipped = parse_report(rows, int(time.time()))
     except (BadBody, BadReport, UnicodeError, ValueError) as exc:
         return apiresult(400, f"bad usage report: {exc}")
     recorder.add(uses)
     count = sum(len(per_user) for per_user in uses.values())
+    if skipped:
+        log(request.log).warning(
+            "devpi-tokens: %s row(s) of a replica's usage report were not uses", skipped)
     return apiresult(
-        200, f"{count} use(s) taken", result={"accepted": count}, type="tokens-usage")
+        200, f"{count} use(s) taken", result={"accepted": count, "skipped": skipped},
+        type="tokens-usage")
 
 
 def method_not_allowed(request: Request) -> Response:

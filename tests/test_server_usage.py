@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import pytest
@@ -18,8 +19,9 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from devpi_tokens import server_usage_file
 from devpi_tokens.restrictions import ProjectNames
-from devpi_tokens.server_enforce import USAGE_KEY
+from devpi_tokens.server_enforce import RECORDER_KEY
 from devpi_tokens.server_usage import MAX_REPORT_BYTES
 from devpi_tokens.server_usage import REPORT_CHUNK_BYTES
 from devpi_tokens.server_usage import BadReport
@@ -39,7 +41,7 @@ CLIENT = {"REMOTE_ADDR": "192.0.2.7"}
 
 
 def recorder(srv) -> UsageRecorder:
-    found: UsageRecorder = srv.app.app.app.registry[USAGE_KEY]
+    found: UsageRecorder = srv.app.app.app.registry[RECORDER_KEY]
     return found
 
 
@@ -283,23 +285,48 @@ def test_reports_need_a_replica_identity(alice):
     assert recorder(alice).unwritten("alice") == {}
 
 
-@pytest.mark.parametrize(("rows", "why"), [
-    ({}, "must be a list"),
-    ([["alice"]], "each use must be"),
-    ([["alice", "abc", "1", None, "x"]], "each use must be"),
-    ([["alice", "abc", -1, None, "x"]], "each use must be"),
-    ([["alice", "abc", True, None, "x"]], "each use must be"),
-    ([["alice", "abc", 1, 5, "x"]], "each use must be"),
-    ([[1, "abc", 1, None, "x"]], "each use must be"),
-])
-def test_malformed_reports_are_refused(rows, why):
-    with pytest.raises(BadReport, match=why):
+@pytest.mark.parametrize("rows", [{}, "x", None, 5])
+def test_a_report_that_is_not_a_list_is_refused(rows):
+    with pytest.raises(BadReport, match="must be a list"):
         parse_report(rows, 10)
 
 
+GOOD_ROW = ["alice", "abc", 1, None, "read alice/dev"]
+
+
+@pytest.mark.parametrize("bad", [
+    ["alice"],
+    ["alice", "abc", "1", None, "x"],
+    ["alice", "abc", -1, None, "x"],
+    ["alice", "abc", True, None, "x"],
+    ["alice", "abc", 1, 5, "x"],
+    [1, "abc", 1, None, "x"],
+    ["a/b", "abc", 1, None, "x"],
+    ["", "abc", 1, None, "x"],
+    ["alice", "", 1, None, "x"],
+    ["alice", "a" * 65, 1, None, "x"],
+    "row",
+])
+def test_rows_that_are_not_uses_are_skipped_and_counted(bad):
+    """One odd row (a newer replica, a bug) must not cost the other rows."""
+    uses, skipped = parse_report([bad, GOOD_ROW], 10)
+    assert skipped == 1
+    assert uses == {"alice": {"abc": Use(1, None, "read alice/dev")}}
+
+
 def test_a_reports_future_times_are_taken_as_now():
-    uses = parse_report([["alice", "abc", 99, "192.0.2.9", "read alice/dev"]], 50)
+    uses, _ = parse_report([["alice", "abc", 99, "192.0.2.9", "read alice/dev"]], 50)
     assert uses == {"alice": {"abc": Use(50, "192.0.2.9", "read alice/dev")}}
+
+
+def test_long_user_names_are_users_too(srv):
+    """devpi takes user names of any length; so does usage."""
+    name = "x" * 300
+    srv.create_user(name, index=None)
+    token = srv.create_token(name)
+    assert srv.app.get("/+api", headers=bearer(token)).status_code == 200
+    assert recorder(srv).flush() == 1
+    assert stored_usage(srv, name)[token_id(token)].purpose == "read /+api"
 
 
 uses_st = st.dictionaries(
@@ -335,7 +362,7 @@ def test_interval_zero_records_nothing_but_lists_what_was_stored(start):
     srv.app.get("/alice/dev/+simple/", headers=bearer(token), extra_environ=CLIENT)
     assert recorder(srv).flush() == 1
     srv = start("--tokens-usage-interval", "0")
-    assert USAGE_KEY not in srv.app.app.app.registry
+    assert RECORDER_KEY not in srv.app.app.app.registry
     before = serial(srv)
     r = srv.app.get("/+api", headers=bearer(token))
     assert r.status_code == 200
@@ -405,12 +432,6 @@ def test_a_redirect_is_not_a_use(alice):
     assert set(recorder(alice).unwritten("alice")) == {token_id(token)}
 
 
-@pytest.mark.parametrize("user", ["a/b", "alice/", "", "x" * 300, 7])
-def test_reports_with_impossible_user_names_are_refused(user):
-    with pytest.raises(BadReport, match="each use must be"):
-        parse_report([[user, "abc", 1, None, "x"]], 10)
-
-
 def test_an_impossible_user_name_does_not_block_other_writes(alice):
     token = alice.create_token("alice")
     rec = recorder(alice)
@@ -440,7 +461,7 @@ def test_report_chunks_stay_under_the_primarys_limit():
     for rows, part in chunks:
         body = json.dumps(rows, separators=(",", ":"))
         assert len(body.encode()) <= REPORT_CHUNK_BYTES < MAX_REPORT_BYTES
-        assert parse_report(json.loads(body), 10) == {
+        assert parse_report(json.loads(body), 10)[0] == {
             "alice": {k: v._replace(at=1) for k, v in part["alice"].items()}}
         sent += len(rows)
     assert sent == 3000
@@ -451,3 +472,58 @@ def test_report_chunks_stay_under_the_primarys_limit():
     (400, False), (403, False), (413, False)])
 def test_what_a_replica_sends_again(status, kept):
     assert ReportRefused(status).kept is kept
+
+
+# ---------------------------------------------------------------------------
+# the file of uses a clean stop could not record
+
+ROWS = [["alice", "abc", 1, "192.0.2.7", "read alice/dev"]]
+
+
+def parse_rows(rows):
+    return parse_report(rows, 10)[0]
+
+
+def test_saved_uses_are_private_and_taken_once(tmp_path):
+    assert server_usage_file.save(tmp_path, ROWS)
+    (saved,) = tmp_path.glob(".devpi-tokens-unwritten-uses.*.json")
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert not list(tmp_path.glob("*.tmp"))
+    assert server_usage_file.take(tmp_path, parse_rows) == [
+        {"alice": {"abc": Use(1, "192.0.2.7", "read alice/dev")}}]
+    assert list(tmp_path.iterdir()) == []
+    assert server_usage_file.take(tmp_path, parse_rows) == []
+
+
+def test_two_saves_are_two_files(tmp_path, monkeypatch):
+    """--requests-only workers sharing a directory keep each other's uses."""
+    server_usage_file.save(tmp_path, ROWS)
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    server_usage_file.save(tmp_path, [["bob", "def", 2, None, "read bob/dev"]])
+    taken = server_usage_file.take(tmp_path, parse_rows)
+    assert sorted(user for part in taken for user in part) == ["alice", "bob"]
+
+
+@pytest.mark.parametrize("kind", ["garbage", "not utf-8", "symlink", "fifo", "not rows"])
+def test_an_unusable_saved_file_is_set_aside(tmp_path, kind, caplog):
+    path = tmp_path / ".devpi-tokens-unwritten-uses.7.json"
+    outside = tmp_path / "outside"
+    outside.write_text(json.dumps(ROWS))
+    if kind == "garbage":
+        path.write_text("[[")
+    elif kind == "not utf-8":
+        path.write_bytes(b"\xff\xfe garbage")
+    elif kind == "symlink":
+        path.symlink_to(outside)
+    elif kind == "fifo":
+        os.mkfifo(path)  # reading it would block the recorder for ever
+    else:
+        path.write_text('{"a": 1}')
+    caplog.set_level(logging.WARNING)
+    assert server_usage_file.take(tmp_path, parse_rows) == []
+    assert "set aside as *.bad" in caplog.text
+    assert not path.exists() and not path.is_symlink()
+    assert (tmp_path / (path.name + ".bad")).exists() or (
+        tmp_path / (path.name + ".bad")).is_symlink()
+    # what a symlink pointed to is neither read nor touched
+    assert json.loads(outside.read_text()) == ROWS

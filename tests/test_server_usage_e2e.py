@@ -572,14 +572,14 @@ def test_replica_saves_unsent_uses_at_a_clean_stop(tmp_path):
         returncode = replica.popen.wait(STOP_TIMEOUT)
         took = time.monotonic() - stopped
         assert returncode == -signal.SIGTERM, returncode
-        saved = replica.serverdir / ".devpi-tokens-unwritten-uses.json"
+        saved = replica.serverdir / f".devpi-tokens-unwritten-uses.{replica.pid}.json"
         assert saved.exists(), replica.log()[-3000:]
         assert saved.stat().st_mode & 0o777 == 0o600, oct(saved.stat().st_mode)
         text = saved.read_text()
         assert token not in text
         assert token[-24:] not in text
         assert json.loads(text) == [["alice", token_id, at, client, READ]]
-        assert not saved.with_name(saved.name + ".tmp").exists()
+        assert not list(replica.serverdir.glob(".devpi-tokens-unwritten-uses*.tmp"))
         assert "1 token use(s) could not be recorded at shutdown" in replica.log()
         assert not plugin_tracebacks(replica.log())
         print(f"\nreplica stopped in {took:.1f}s with its primary down")
@@ -819,3 +819,32 @@ def test_redirects_and_refusals_are_not_uses(tmp_path):
     finally:
         server.stop()
     check_log(server)
+
+
+# ---------------------------------------------------------------------------
+# a second signal while stopping does not cut the last write short
+
+@pytest.mark.parametrize("delay", [0.02, 0.2])
+def test_sigterm_after_ctrl_c_lets_the_last_write_finish(tmp_path, delay):
+    serverdir = tmp_path / "server"
+    server = start(serverdir, LONG)
+    try:
+        alice = setup_alice(server)
+        used_id, used = create_token(alice, "used")
+        assert read_index(server.url, bearer(used)) == 200
+        os.kill(server.pid, signal.SIGINT)
+        time.sleep(delay)
+        if server.popen.poll() is None:
+            # what a supervisor (or quickstart's stop) sends next
+            os.kill(server.pid, signal.SIGTERM)
+        returncode = server.popen.wait(30)
+    finally:
+        server.stop()
+    assert returncode in (0, 1, -signal.SIGTERM), returncode
+    check_log(server)
+    server = start(serverdir, LONG)
+    try:
+        alice = Devpi(server.url, "alice", PASSWORD)
+        assert last_use(alice, used_id)[1:] == (CLIENT, READ)
+    finally:
+        server.stop()
