@@ -8,6 +8,7 @@ The wiring only; the logic lives in :mod:`server_store` (records, keys),
 from __future__ import annotations
 
 from typing import Any
+from typing import NoReturn
 
 from pluggy import HookimplMarker
 from pyramid.events import ContextFound
@@ -90,13 +91,18 @@ def devpiserver_pyramid_configure(config: Any, pyramid_config: Any) -> None:
         server_usage.install_sigterm_handler(xom)
 
 
+def stop_server(xom: Any, exc: Exception) -> NoReturn:
+    """Stop at startup over a bad option, with the reason in the log and on exit."""
+    log(xom.log).error("devpi-tokens: %s", str(exc))
+    raise SystemExit(f"devpi-tokens: {exc}") from None
+
+
 def max_lifetime(xom: Any) -> MaxLifetime | None:
     """``--tokens-max-lifetime``, read once at startup; a bad value stops the server."""
     try:
         return server_limits.max_lifetime_from_xom(xom)
     except LimitError as exc:
-        log(xom.log).error("devpi-tokens: %s", str(exc))
-        raise SystemExit(f"devpi-tokens: {exc}") from None
+        stop_server(xom, exc)
 
 
 def usage_recorder(xom: Any, store: TokenStore) -> UsageRecorder | None:
@@ -104,8 +110,7 @@ def usage_recorder(xom: Any, store: TokenStore) -> UsageRecorder | None:
     try:
         interval = server_usage.interval_from_xom(xom)
     except ValueError as exc:
-        log(xom.log).error("devpi-tokens: %s", str(exc))
-        raise SystemExit(f"devpi-tokens: {exc}") from None
+        stop_server(xom, exc)
     return UsageRecorder(xom, store, interval) if interval else None
 
 
@@ -125,8 +130,7 @@ def oidc_state(xom: Any) -> OIDCState:
         settings = OIDCSettings.from_xom(xom)
         keys = KeyRing(settings)
     except ConfigError as exc:
-        log(xom.log).error("devpi-tokens: %s", str(exc))
-        raise SystemExit(f"devpi-tokens: {exc}") from None
+        stop_server(xom, exc)
     register_keys(xom.keyfs)
     if settings.enabled and settings.offline and any(
             source.jwks_file is None for source in settings.issuers):

@@ -314,18 +314,21 @@ class UsageRecorder:
 
     def record(self, user: str, token_id: str, use: Use) -> None:
         with self._lock:
-            per_user = self._pending.get(user)
-            if per_user is None:
-                per_user = self._pending[user] = {}
-            per_user[token_id] = newest(per_user.get(token_id), use)
+            self._keep(user, token_id, use)
 
     def add(self, uses: Uses) -> None:
         """Merge uses from elsewhere (a replica's report, a failed write, a saved file)."""
         with self._lock:
             for user, per_token in uses.items():
-                per_user = self._pending.setdefault(user, {})
                 for token_id, use in per_token.items():
-                    per_user[token_id] = newest(per_user.get(token_id), use)
+                    self._keep(user, token_id, use)
+
+    def _keep(self, user: str, token_id: str, use: Use) -> None:
+        # the newest pending use of each token (the caller holds the lock)
+        per_user = self._pending.get(user)
+        if per_user is None:
+            per_user = self._pending[user] = {}
+        per_user[token_id] = newest(per_user.get(token_id), use)
 
     def unwritten(self, user: str) -> dict[str, Use]:
         """Uses of the user's tokens that storage may not have yet."""
