@@ -332,6 +332,36 @@ def test_uv_pip_install_through_token_url(server, admin, workdir, expiry_token, 
     assert hello(tmp_path / "site", name) == f"hello from {name} {version}"
 
 
+def last_use(admin: DevpiClient, token: str) -> dict:
+    """The ``last_used*`` fields ``devpi token-list --json`` shows for ``token``."""
+    token_id = Token.load(token).token_id
+    listed = json.loads(admin.run("token-list", "--json").stdout)
+    (entry,) = [e for e in listed["tokens"] if e["id"] == token_id]
+    return {k: v for k, v in entry.items() if k.startswith("last_used")}
+
+
+def test_uses_by_twine_and_uv_are_listed(server, admin, workdir, tmp_path):
+    """Last used, as the tools people run leave it (twine uploads, uv reads)."""
+    token = create_token(admin, workdir, "-e", "1h", "-d", "last used by tools")
+    assert last_use(admin, token) == {
+        "last_used": None, "last_used_from": None, "last_used_for": None}
+    name, version = new_project()
+    began = int(time.time())
+    proc = twine_upload(server, tmp_path, token, wheel_for(workdir, name, version))
+    assert proc.returncode == 0, output(proc)
+    used = last_use(admin, token)
+    assert used["last_used_for"] == f"upload {name} to {USER}/dev"
+    assert used["last_used_from"] == "127.0.0.1"
+    assert began <= used["last_used"] <= int(time.time())
+    # a token derived from it counts for it: uv reads the project with one
+    narrow = derive_token(admin, workdir, token, "-p", name, "-a", "pkg_read")
+    proc = run([bin_path("uv"), "pip", "install", "--no-config", "--python", sys.executable,
+                "--target", str(tmp_path / "site"), "--default-index",
+                index_url(server, narrow), name], env=tool_env(tmp_path))
+    assert proc.returncode == 0, output(proc)
+    assert last_use(admin, token)["last_used_for"].startswith("read ")
+
+
 def test_uv_refused_with_expired_token(server, admin, workdir, expiry_token, published,
                                        tmp_path):
     name, _ = published
